@@ -1,0 +1,312 @@
+"""Every numba kernel of the dense model, in one module.
+
+GEMMs are left to BLAS (numpy ``matmul`` into preallocated buffers); these kernels fuse
+the elementwise work around them into single passes over memory:
+
+* bias + activation, written in place over the GEMM output;
+* the backward factor f'(z) (and the Hessian's f''(z) term), always expressed through
+  the *activation value* a = f(z), so the forward cache keeps only activations;
+* softmax / logistic / squared loss with its gradient δ = ∂ℓ/∂z and the bias gradient
+  (column sum of δ) in one pass, and the output-Hessian product H_L·u.
+
+Derivatives through the activation value a = f(z):
+
+=========  ==================  ============  =========================
+activation f(z)                f'(z)         h(a) = f''(z) / f'(z)
+=========  ==================  ============  =========================
+tanh       tanh z              1 − a²        −2a
+sigmoid    1 / (1 + e^−z)      a(1 − a)      1 − 2a
+relu       max(z, 0)           [a > 0]       0
+softplus   log(1 + e^z)        1 − e^−a      e^−a  (= 1 − f')
+=========  ==================  ============  =========================
+
+Compilation options are decided here, once (``JIT``): ``nogil`` so that rank threads run
+kernels in parallel, ``cache`` so later processes skip compilation, no ``fastmath`` so
+results match the float64 references to rounding, and no ``parallel`` (kernels are
+called from rank threads; numba's default threading layer aborts when ``parallel=True``
+kernels are launched from several threads). Every kernel loops in a fixed order, so the
+same call gives bitwise the same answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+JIT = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")
+
+# activation codes (kept in step with hessfree.models.mlp.Activation)
+TANH, SIGMOID, RELU, SOFTPLUS = 0, 1, 2, 3
+# loss codes (kept in step with hessfree.models.mlp.Loss)
+SOFTMAX_CE, LOGISTIC_CE, SQUARED = 0, 1, 2
+
+
+@numba.njit(inline="always", **JIT)
+def _act(code, z):
+    if code == TANH:
+        return math.tanh(z)
+    if code == SIGMOID:
+        # split by sign so exp never overflows
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+    if code == RELU:
+        return z if z > 0 else 0.0 * z
+    # softplus log(1 + e^z) = max(z, 0) + log1p(e^−|z|)
+    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+
+
+@numba.njit(inline="always", **JIT)
+def _dact(code, a):
+    """f'(z) as a function of a = f(z)."""
+    if code == TANH:
+        return 1.0 - a * a
+    if code == SIGMOID:
+        return a * (1.0 - a)
+    if code == RELU:
+        return 1.0 if a > 0 else 0.0
+    return -math.expm1(-a)
+
+
+@numba.njit(inline="always", **JIT)
+def _curv_ratio(code, a):
+    """h(a) = f''(z) / f'(z) as a function of a = f(z) (0 where f'' = 0)."""
+    if code == TANH:
+        return -2.0 * a
+    if code == SIGMOID:
+        return 1.0 - 2.0 * a
+    if code == RELU:
+        return 0.0
+    return math.exp(-a)
+
+
+@numba.njit(**JIT)
+def bias_activation(Z, b, code):
+    """Z ← f(Z + b) in place (Z is the GEMM output A_{l−1}·W_l)."""
+    n, m = Z.shape
+    for i in range(n):
+        for j in range(m):
+            Z[i, j] = _act(code, Z[i, j] + b[j])
+
+
+@numba.njit(**JIT)
+def add_bias(Z, b):
+    """Z ← Z + b in place (the linear output layer)."""
+    n, m = Z.shape
+    for i in range(n):
+        for j in range(m):
+            Z[i, j] += b[j]
+
+
+@numba.njit(**JIT)
+def backprop_activation(G, A, code, colsum):
+    """δ = G ⊙ f'(z) in place over G; colsum ← Σ_rows δ (the bias gradient).
+
+    G is E = δ_{l+1}·W_{l+1}ᵀ, A the layer's activation a = f(z).
+    """
+    n, m = G.shape
+    for j in range(m):
+        colsum[j] = 0.0
+    for i in range(n):
+        for j in range(m):
+            d = G[i, j] * _dact(code, A[i, j])
+            G[i, j] = d
+            colsum[j] += d
+
+
+@numba.njit(**JIT)
+def r_activation(P1, P2, has2, vb, A, code, RA):
+    """R-forward through a hidden layer.
+
+    R(z_l) = R(a_{l−1})·W_l + a_{l−1}·V_l + v_b: P1 and P2 hold the two GEMM products
+    (P2 is absent, ``has2`` False, in the first layer where R(a_0) = 0). Writes
+    R(z_l) over P1 and R(a_l) = f'(z_l) ⊙ R(z_l) into RA.
+    """
+    n, m = P1.shape
+    for i in range(n):
+        for j in range(m):
+            rz = P1[i, j] + vb[j]
+            if has2:
+                rz += P2[i, j]
+            P1[i, j] = rz
+            RA[i, j] = _dact(code, A[i, j]) * rz
+
+
+@numba.njit(**JIT)
+def r_output(P1, P2, has2, vb):
+    """R(z_L) = P1 + P2 + v_b over P1, for the linear output layer."""
+    n, m = P1.shape
+    for i in range(n):
+        for j in range(m):
+            rz = P1[i, j] + vb[j]
+            if has2:
+                rz += P2[i, j]
+            P1[i, j] = rz
+
+
+@numba.njit(**JIT)
+def r_backprop_activation(G1, G2, D, A, RZ, code, colsum):
+    """R-backward through a hidden layer of the exact Hessian (Pearlmutter).
+
+    With E = δ_{l+1}·W_{l+1}ᵀ and δ_l = E ⊙ f'(z_l):
+        R(δ_l) = (R(δ_{l+1})·W_{l+1}ᵀ + δ_{l+1}·V_{l+1}ᵀ) ⊙ f'(z_l) + E ⊙ f''(z_l) ⊙ R(z_l)
+               = (G1 + G2) ⊙ f'(z_l) + δ_l ⊙ h(a_l) ⊙ R(z_l)
+    written over G1, with colsum ← Σ_rows R(δ_l). D is δ_l, A is a_l, RZ is R(z_l).
+    """
+    n, m = G1.shape
+    for j in range(m):
+        colsum[j] = 0.0
+    for i in range(n):
+        for j in range(m):
+            a = A[i, j]
+            r = (G1[i, j] + G2[i, j]) * _dact(code, a) + D[i, j] * _curv_ratio(code, a) * RZ[i, j]
+            G1[i, j] = r
+            colsum[j] += r
+
+
+@numba.njit(**JIT)
+def add_into(out, x):
+    """out ← out + x, elementwise over same-shape arrays of any rank (flattened)."""
+    o = out.reshape(-1)
+    v = x.reshape(-1)
+    for k in range(o.size):
+        o[k] += v[k]
+
+
+@numba.njit(inline="always", **JIT)
+def _target(labels, targets, dense, i, j):
+    if dense:
+        return targets[i, j]
+    return 1.0 if labels[i] == j else 0.0
+
+
+@numba.njit(**JIT)
+def loss_forward(Z, labels, targets, dense, code, want_delta, D, colsum, scale):
+    """Loss sum of the batch; optionally δ = ∂ℓ/∂z into D and Σ_rows δ into colsum.
+
+    Z holds the output pre-activations z and is overwritten by the state the output
+    Hessian needs: softmax probabilities p (softmax CE), sigmoid σ(z) (logistic CE), or
+    z itself (squared error). ``scale[i]`` receives Σ_j t_ij (softmax CE), the factor of
+    its Hessian diag(p) − ppᵀ. Targets t come from integer ``labels`` (one-hot) or from
+    the dense ``targets`` array when ``dense``.
+
+    * softmax CE: ℓ = Σ_j t_j (logΣ e^z − z_j), δ = (Σt)·p − t
+    * logistic CE: ℓ = Σ_j softplus(z_j) − t_j z_j, δ = σ(z) − t
+    * squared error: ℓ = ½ Σ_j (z_j − t_j)², δ = z − t
+    """
+    n, m = Z.shape
+    total = 0.0
+    if want_delta:
+        for j in range(m):
+            colsum[j] = 0.0
+    for i in range(n):
+        if code == SOFTMAX_CE:
+            zmax = Z[i, 0]
+            for j in range(1, m):
+                if Z[i, j] > zmax:
+                    zmax = Z[i, j]
+            s = 0.0
+            for j in range(m):
+                s += math.exp(Z[i, j] - zmax)
+            logsum = zmax + math.log(s)
+            tsum = 0.0
+            for j in range(m):
+                t = _target(labels, targets, dense, i, j)
+                tsum += t
+                if t != 0.0:
+                    total += t * (logsum - Z[i, j])
+            scale[i] = tsum
+            for j in range(m):
+                Z[i, j] = math.exp(Z[i, j] - logsum)
+            if want_delta:
+                for j in range(m):
+                    d = tsum * Z[i, j] - _target(labels, targets, dense, i, j)
+                    D[i, j] = d
+                    colsum[j] += d
+        elif code == LOGISTIC_CE:
+            for j in range(m):
+                z = Z[i, j]
+                t = _target(labels, targets, dense, i, j)
+                total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
+                if z >= 0:
+                    p = 1.0 / (1.0 + math.exp(-z))
+                else:
+                    e = math.exp(z)
+                    p = e / (1.0 + e)
+                Z[i, j] = p
+                if want_delta:
+                    d = p - t
+                    D[i, j] = d
+                    colsum[j] += d
+        else:
+            for j in range(m):
+                d = Z[i, j] - _target(labels, targets, dense, i, j)
+                total += 0.5 * d * d
+                if want_delta:
+                    D[i, j] = d
+                    colsum[j] += d
+    return total
+
+
+@numba.njit(**JIT)
+def loss_hessian_product(P, U, scale, code, out, colsum):
+    """out ← H_L·u per row (the loss's Hessian in z times u); colsum ← Σ_rows out.
+
+    P is the output state written by ``loss_forward``.
+    * softmax CE: H = (Σt)(diag p − ppᵀ), so Hu = (Σt)·(p ⊙ u − p·(pᵀu))
+    * logistic CE: H = diag(σ(1 − σ))
+    * squared error: H = I
+    out may be U itself.
+    """
+    n, m = U.shape
+    for j in range(m):
+        colsum[j] = 0.0
+    for i in range(n):
+        if code == SOFTMAX_CE:
+            pu = 0.0
+            for j in range(m):
+                pu += P[i, j] * U[i, j]
+            s = scale[i]
+            for j in range(m):
+                r = s * P[i, j] * (U[i, j] - pu)
+                out[i, j] = r
+                colsum[j] += r
+        elif code == LOGISTIC_CE:
+            for j in range(m):
+                p = P[i, j]
+                r = p * (1.0 - p) * U[i, j]
+                out[i, j] = r
+                colsum[j] += r
+        else:
+            for j in range(m):
+                r = U[i, j]
+                out[i, j] = r
+                colsum[j] += r
+
+
+@numba.njit(**JIT)
+def count_errors(P, labels):
+    """Number of rows whose arg-max differs from the label (first maximum wins)."""
+    n, m = P.shape
+    wrong = 0
+    for i in range(n):
+        best = 0
+        for j in range(1, m):
+            if P[i, j] > P[i, best]:
+                best = j
+        if best != labels[i]:
+            wrong += 1
+    return wrong
+
+
+@numba.njit(**JIT)
+def all_finite(X):
+    """True when no element of X (any shape) is NaN or ±inf."""
+    flat = X.reshape(-1)
+    for k in range(flat.size):
+        if not math.isfinite(flat[k]):
+            return False
+    return True
