@@ -298,3 +298,19 @@ def test_bad_input_raises_typed_error_quoting_shapes(make, message):
 def test_bad_model_configuration(kwargs, message):
     with pytest.raises(InputError, match=message):
         MLP(**kwargs)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_parallel_kernels_give_bitwise_the_serial_results(loss):
+    rng = np.random.default_rng(4)
+    serial = MLP([30, 70, 20, 10], activation="softplus", loss=loss, chunk_size=300)
+    parallel = MLP([30, 70, 20, 10], activation="softplus", loss=loss, chunk_size=300, parallel=True)
+    theta = serial.init_params(0)
+    X, y = rng.standard_normal((700, 30)), rng.integers(0, 10, 700)
+    v = rng.standard_normal(serial.n_params)
+    fs, gs = serial.loss_grad(theta, X, y)
+    fp, gp = parallel.loss_grad(theta, X, y)
+    assert fs == fp and np.array_equal(gs, gp)
+    assert np.array_equal(serial.gv(theta, v, X, y), parallel.gv(theta, v, X, y))
+    assert np.array_equal(serial.hv(theta, v, X, y), parallel.hv(theta, v, X, y))
+    assert serial.error_count(theta, X, y) == parallel.error_count(theta, X, y)

@@ -21,26 +21,48 @@ softplus   log(1 + e^z)        1 − e^−a      e^−a  (= 1 − f')
 =========  ==================  ============  =========================
 
 Compilation options are decided here, once (``JIT``): ``nogil`` so that rank threads run
-kernels in parallel, ``cache`` so later processes skip compilation, no ``fastmath`` so
-results match the float64 references to rounding, and no ``parallel`` (kernels are
-called from rank threads; numba's default threading layer aborts when ``parallel=True``
-kernels are launched from several threads). Every kernel loops in a fixed order, so the
-same call gives bitwise the same answer.
+kernels concurrently, ``cache`` so later processes skip compilation, no ``fastmath`` so
+results match the float64 references to rounding. Every kernel is compiled twice from
+the same source, into :data:`SERIAL` and :data:`PARALLEL` (``parallel=True``, rows spread
+over numba's threads). Use ``PARALLEL`` only where one thread per process launches
+kernels: numba's default threading layer aborts when parallel kernels are launched from
+several threads (``ThreadComm``). Column sums are accumulated per fixed block of
+``BLOCK`` rows and the blocks added in order, so both variants give bitwise the same
+answer, whatever the thread count.
 """
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numba
 import numpy as np
+from numba import prange
 
 JIT = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")
+#: rows per block of a column-sum reduction (fixed: results must not depend on threads)
+BLOCK = 64
 
 # activation codes (kept in step with hessfree.models.mlp.Activation)
 TANH, SIGMOID, RELU, SOFTPLUS = 0, 1, 2, 3
 # loss codes (kept in step with hessfree.models.mlp.Loss)
 SOFTMAX_CE, LOGISTIC_CE, SQUARED = 0, 1, 2
+
+
+@numba.njit(inline="always", **JIT)
+def _n_blocks(n):
+    return (n + BLOCK - 1) // BLOCK
+
+
+@numba.njit(**JIT)
+def _sum_blocks(part, colsum):
+    """colsum[j] ← Σ_blocks part[blk, j], blocks added in order (deterministic)."""
+    for j in range(colsum.size):
+        colsum[j] = 0.0
+    for blk in range(part.shape[0]):
+        for j in range(colsum.size):
+            colsum[j] += part[blk, j]
 
 
 @numba.njit(inline="always", **JIT)
@@ -83,41 +105,39 @@ def _curv_ratio(code, a):
     return math.exp(-a)
 
 
-@numba.njit(**JIT)
 def bias_activation(Z, b, code):
     """Z ← f(Z + b) in place (Z is the GEMM output A_{l−1}·W_l)."""
     n, m = Z.shape
-    for i in range(n):
+    for i in prange(n):
         for j in range(m):
             Z[i, j] = _act(code, Z[i, j] + b[j])
 
 
-@numba.njit(**JIT)
 def add_bias(Z, b):
     """Z ← Z + b in place (the linear output layer)."""
     n, m = Z.shape
-    for i in range(n):
+    for i in prange(n):
         for j in range(m):
             Z[i, j] += b[j]
 
 
-@numba.njit(**JIT)
 def backprop_activation(G, A, code, colsum):
     """δ = G ⊙ f'(z) in place over G; colsum ← Σ_rows δ (the bias gradient).
 
     G is E = δ_{l+1}·W_{l+1}ᵀ, A the layer's activation a = f(z).
     """
     n, m = G.shape
-    for j in range(m):
-        colsum[j] = 0.0
-    for i in range(n):
-        for j in range(m):
-            d = G[i, j] * _dact(code, A[i, j])
-            G[i, j] = d
-            colsum[j] += d
+    nb = _n_blocks(n)
+    part = np.zeros((nb, m), dtype=colsum.dtype)
+    for blk in prange(nb):
+        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
+            for j in range(m):
+                d = G[i, j] * _dact(code, A[i, j])
+                G[i, j] = d
+                part[blk, j] += d
+    _sum_blocks(part, colsum)
 
 
-@numba.njit(**JIT)
 def r_activation(P1, P2, has2, vb, A, code, RA):
     """R-forward through a hidden layer.
 
@@ -126,7 +146,7 @@ def r_activation(P1, P2, has2, vb, A, code, RA):
     R(z_l) over P1 and R(a_l) = f'(z_l) ⊙ R(z_l) into RA.
     """
     n, m = P1.shape
-    for i in range(n):
+    for i in prange(n):
         for j in range(m):
             rz = P1[i, j] + vb[j]
             if has2:
@@ -135,11 +155,10 @@ def r_activation(P1, P2, has2, vb, A, code, RA):
             RA[i, j] = _dact(code, A[i, j]) * rz
 
 
-@numba.njit(**JIT)
 def r_output(P1, P2, has2, vb):
     """R(z_L) = P1 + P2 + v_b over P1, for the linear output layer."""
     n, m = P1.shape
-    for i in range(n):
+    for i in prange(n):
         for j in range(m):
             rz = P1[i, j] + vb[j]
             if has2:
@@ -147,7 +166,6 @@ def r_output(P1, P2, has2, vb):
             P1[i, j] = rz
 
 
-@numba.njit(**JIT)
 def r_backprop_activation(G1, G2, D, A, RZ, code, colsum):
     """R-backward through a hidden layer of the exact Hessian (Pearlmutter).
 
@@ -157,22 +175,23 @@ def r_backprop_activation(G1, G2, D, A, RZ, code, colsum):
     written over G1, with colsum ← Σ_rows R(δ_l). D is δ_l, A is a_l, RZ is R(z_l).
     """
     n, m = G1.shape
-    for j in range(m):
-        colsum[j] = 0.0
-    for i in range(n):
-        for j in range(m):
-            a = A[i, j]
-            r = (G1[i, j] + G2[i, j]) * _dact(code, a) + D[i, j] * _curv_ratio(code, a) * RZ[i, j]
-            G1[i, j] = r
-            colsum[j] += r
+    nb = _n_blocks(n)
+    part = np.zeros((nb, m), dtype=colsum.dtype)
+    for blk in prange(nb):
+        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
+            for j in range(m):
+                a = A[i, j]
+                r = (G1[i, j] + G2[i, j]) * _dact(code, a) + D[i, j] * _curv_ratio(code, a) * RZ[i, j]
+                G1[i, j] = r
+                part[blk, j] += r
+    _sum_blocks(part, colsum)
 
 
-@numba.njit(**JIT)
 def add_into(out, x):
     """out ← out + x, elementwise over same-shape arrays of any rank (flattened)."""
     o = out.reshape(-1)
     v = x.reshape(-1)
-    for k in range(o.size):
+    for k in prange(o.size):
         o[k] += v[k]
 
 
@@ -183,7 +202,6 @@ def _target(labels, targets, dense, i, j):
     return 1.0 if labels[i] == j else 0.0
 
 
-@numba.njit(**JIT)
 def loss_forward(Z, labels, targets, dense, code, want_delta, D, colsum, scale):
     """Loss sum of the batch; optionally δ = ∂ℓ/∂z into D and Σ_rows δ into colsum.
 
@@ -198,60 +216,73 @@ def loss_forward(Z, labels, targets, dense, code, want_delta, D, colsum, scale):
     * squared error: ℓ = ½ Σ_j (z_j − t_j)², δ = z − t
     """
     n, m = Z.shape
-    total = 0.0
+    nb = _n_blocks(n)
+    part = np.zeros((nb, max(m, colsum.size)), dtype=Z.dtype)
+    totals = np.zeros(nb)
+    for blk in prange(nb):
+        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
+            totals[blk] += _loss_row(Z, labels, targets, dense, code, want_delta, D, part[blk], scale, i)
     if want_delta:
-        for j in range(m):
-            colsum[j] = 0.0
-    for i in range(n):
-        if code == SOFTMAX_CE:
-            zmax = Z[i, 0]
-            for j in range(1, m):
-                if Z[i, j] > zmax:
-                    zmax = Z[i, j]
-            s = 0.0
-            for j in range(m):
-                s += math.exp(Z[i, j] - zmax)
-            logsum = zmax + math.log(s)
-            tsum = 0.0
-            for j in range(m):
-                t = _target(labels, targets, dense, i, j)
-                tsum += t
-                if t != 0.0:
-                    total += t * (logsum - Z[i, j])
-            scale[i] = tsum
-            for j in range(m):
-                Z[i, j] = math.exp(Z[i, j] - logsum)
-            if want_delta:
-                for j in range(m):
-                    d = tsum * Z[i, j] - _target(labels, targets, dense, i, j)
-                    D[i, j] = d
-                    colsum[j] += d
-        elif code == LOGISTIC_CE:
-            for j in range(m):
-                z = Z[i, j]
-                t = _target(labels, targets, dense, i, j)
-                total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
-                if z >= 0:
-                    p = 1.0 / (1.0 + math.exp(-z))
-                else:
-                    e = math.exp(z)
-                    p = e / (1.0 + e)
-                Z[i, j] = p
-                if want_delta:
-                    d = p - t
-                    D[i, j] = d
-                    colsum[j] += d
-        else:
-            for j in range(m):
-                d = Z[i, j] - _target(labels, targets, dense, i, j)
-                total += 0.5 * d * d
-                if want_delta:
-                    D[i, j] = d
-                    colsum[j] += d
+        _sum_blocks(part, colsum)
+    total = 0.0
+    for blk in range(nb):
+        total += totals[blk]
     return total
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
+def _loss_row(Z, labels, targets, dense, code, want_delta, D, colsum, scale, i):
+    """One row of ``loss_forward``: returns ℓᵢ, overwrites Z[i], adds δᵢ into colsum."""
+    m = Z.shape[1]
+    total = 0.0
+    if code == SOFTMAX_CE:
+        zmax = Z[i, 0]
+        for j in range(1, m):
+            if Z[i, j] > zmax:
+                zmax = Z[i, j]
+        s = 0.0
+        for j in range(m):
+            s += math.exp(Z[i, j] - zmax)
+        logsum = zmax + math.log(s)
+        tsum = 0.0
+        for j in range(m):
+            t = _target(labels, targets, dense, i, j)
+            tsum += t
+            if t != 0.0:
+                total += t * (logsum - Z[i, j])
+        scale[i] = tsum
+        for j in range(m):
+            Z[i, j] = math.exp(Z[i, j] - logsum)
+        if want_delta:
+            for j in range(m):
+                d = tsum * Z[i, j] - _target(labels, targets, dense, i, j)
+                D[i, j] = d
+                colsum[j] += d
+    elif code == LOGISTIC_CE:
+        for j in range(m):
+            z = Z[i, j]
+            t = _target(labels, targets, dense, i, j)
+            total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
+            if z >= 0:
+                p = 1.0 / (1.0 + math.exp(-z))
+            else:
+                e = math.exp(z)
+                p = e / (1.0 + e)
+            Z[i, j] = p
+            if want_delta:
+                d = p - t
+                D[i, j] = d
+                colsum[j] += d
+    else:
+        for j in range(m):
+            d = Z[i, j] - _target(labels, targets, dense, i, j)
+            total += 0.5 * d * d
+            if want_delta:
+                D[i, j] = d
+                colsum[j] += d
+    return total
+
+
 def loss_hessian_product(P, U, scale, code, out, colsum):
     """out ← H_L·u per row (the loss's Hessian in z times u); colsum ← Σ_rows out.
 
@@ -262,32 +293,33 @@ def loss_hessian_product(P, U, scale, code, out, colsum):
     out may be U itself.
     """
     n, m = U.shape
-    for j in range(m):
-        colsum[j] = 0.0
-    for i in range(n):
-        if code == SOFTMAX_CE:
-            pu = 0.0
-            for j in range(m):
-                pu += P[i, j] * U[i, j]
-            s = scale[i]
-            for j in range(m):
-                r = s * P[i, j] * (U[i, j] - pu)
-                out[i, j] = r
-                colsum[j] += r
-        elif code == LOGISTIC_CE:
-            for j in range(m):
-                p = P[i, j]
-                r = p * (1.0 - p) * U[i, j]
-                out[i, j] = r
-                colsum[j] += r
-        else:
-            for j in range(m):
-                r = U[i, j]
-                out[i, j] = r
-                colsum[j] += r
+    nb = _n_blocks(n)
+    part = np.zeros((nb, m), dtype=colsum.dtype)
+    for blk in prange(nb):
+        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
+            if code == SOFTMAX_CE:
+                pu = 0.0
+                for j in range(m):
+                    pu += P[i, j] * U[i, j]
+                s = scale[i]
+                for j in range(m):
+                    r = s * P[i, j] * (U[i, j] - pu)
+                    out[i, j] = r
+                    part[blk, j] += r
+            elif code == LOGISTIC_CE:
+                for j in range(m):
+                    p = P[i, j]
+                    r = p * (1.0 - p) * U[i, j]
+                    out[i, j] = r
+                    part[blk, j] += r
+            else:
+                for j in range(m):
+                    r = U[i, j]
+                    out[i, j] = r
+                    part[blk, j] += r
+    _sum_blocks(part, colsum)
 
 
-@numba.njit(**JIT)
 def count_errors(P, labels):
     """Number of rows whose arg-max differs from the label (first maximum wins)."""
     n, m = P.shape
@@ -302,7 +334,6 @@ def count_errors(P, labels):
     return wrong
 
 
-@numba.njit(**JIT)
 def all_finite(X):
     """True when no element of X (any shape) is NaN or ±inf."""
     flat = X.reshape(-1)
@@ -310,3 +341,28 @@ def all_finite(X):
         if not math.isfinite(flat[k]):
             return False
     return True
+
+
+_KERNELS = (
+    bias_activation,
+    add_bias,
+    backprop_activation,
+    r_activation,
+    r_output,
+    r_backprop_activation,
+    add_into,
+    loss_forward,
+    loss_hessian_product,
+    count_errors,
+    all_finite,
+)
+
+#: every kernel compiled for one thread (safe to call from several threads at once)
+SERIAL = SimpleNamespace(**{f.__name__: numba.njit(**JIT)(f) for f in _KERNELS})
+#: every kernel with its row loop spread over numba's threads (one launching thread only)
+PARALLEL = SimpleNamespace(**{f.__name__: numba.njit(parallel=True, **JIT)(f) for f in _KERNELS})
+
+
+def kernels(parallel: bool) -> SimpleNamespace:
+    """The kernel set to use: :data:`PARALLEL` or :data:`SERIAL`."""
+    return PARALLEL if parallel else SERIAL

@@ -124,6 +124,8 @@ class MLP(Model):
     """Dense feed-forward network: ``MLP(layers=[d0, ..., dL], activation, loss, dtype)``.
 
     ``chunk_size`` bounds the rows processed at once (memory ∝ chunk_size · Σ d_l).
+    ``parallel`` spreads the elementwise kernels over numba's threads (bitwise the same
+    results); leave it False when several threads of one process use models at once.
     """
 
     layers: tuple[int, ...] = attrs.field(converter=_layers)
@@ -131,6 +133,7 @@ class MLP(Model):
     loss_kind: Loss = attrs.field(default=Loss.SOFTMAX_CROSS_ENTROPY, converter=_enum(Loss), alias="loss")
     dtype: np.dtype = attrs.field(default=np.float64, converter=_dtype)
     chunk_size: int = attrs.field(default=8192, validator=_positive_int)
+    parallel: bool = attrs.field(default=False, converter=bool)
     _offsets: tuple[tuple[int, int, int], ...] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -139,6 +142,11 @@ class MLP(Model):
             offsets.append((start, start + d_in * d_out, start + d_in * d_out + d_out))
             start += d_in * d_out + d_out
         object.__setattr__(self, "_offsets", tuple(offsets))
+
+    @property
+    def kernels(self):
+        """The numba kernel set this model uses (serial or parallel, see ``parallel``)."""
+        return K.kernels(self.parallel)
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -211,7 +219,7 @@ class MLP(Model):
         if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
             raise InputError(f"X: expected a numeric array, found dtype {X.dtype}")
         X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not K.all_finite(X):
+        if not K.SERIAL.all_finite(X):
             raise InputError(f"X: expected finite values, found NaN or inf in the {X.shape} {X.dtype} array")
         labels = targets = None
         if y is not None:
@@ -240,7 +248,7 @@ class MLP(Model):
         if y.shape != (n, self.n_outputs):
             raise InputError(f"y: expected targets of shape ({n}, {self.n_outputs}), found {y.shape}")
         y = np.ascontiguousarray(y, dtype=self.dtype)
-        if not K.all_finite(y):
+        if not K.SERIAL.all_finite(y):
             raise InputError(f"y: expected finite targets, found NaN or inf in the {y.shape} array")
         return y
 
@@ -263,9 +271,9 @@ class MLP(Model):
             out = acts[l]
             np.matmul(prev, W, out=out)
             if l < self.n_layers:
-                K.bias_activation(out, b, code)
+                self.kernels.bias_activation(out, b, code)
             else:
-                K.add_bias(out, b)
+                self.kernels.add_bias(out, b)
             prev = out
 
     def _buffers(self, rows: int, first: int = 1) -> list[np.ndarray | None]:
@@ -275,7 +283,7 @@ class MLP(Model):
         dense = batch.targets is not None
         labels = batch.labels if not dense else _NO_LABELS
         targets = batch.targets if dense else _no_targets(self.dtype)
-        return float(K.loss_forward(Z, labels, targets, dense, self.loss_kind.code, want_delta, D, colsum, scale))
+        return float(self.kernels.loss_forward(Z, labels, targets, dense, self.loss_kind.code, want_delta, D, colsum, scale))
 
     def loss(self, theta, X, y=None) -> float:
         """Σᵢ ℓᵢ over the batch (forward passes only)."""
@@ -318,7 +326,7 @@ class MLP(Model):
                 acc.gemm(l, c, a[l - 1].T, d[l])
                 if l > 1:
                     np.matmul(d[l], weights[l - 1][0].T, out=d[l - 1])
-                    K.backprop_activation(d[l - 1], a[l - 1], code, acc.bias_slot(l - 1, c))
+                    self.kernels.backprop_activation(d[l - 1], a[l - 1], code, acc.bias_slot(l - 1, c))
                     acc.bias_done(l - 1, c)
         if batch.n == 0:
             grad[:] = 0.0
@@ -355,7 +363,7 @@ class MLP(Model):
         labels = batch.labels if batch.labels is not None else np.argmax(batch.targets, axis=1)
         wrong = 0
         for start, stop, Z in self._outputs(theta, batch):
-            wrong += int(K.count_errors(Z, labels[start:stop]))
+            wrong += int(self.kernels.count_errors(Z, labels[start:stop]))
         return wrong
 
 
@@ -378,6 +386,7 @@ class _Accumulator:
     """
 
     def __init__(self, model: MLP, out: np.ndarray):
+        self._k = model.kernels
         self.views = model.unflatten(out)
         self.scratch = model.unflatten(np.empty(model.n_params, dtype=model.dtype))
         self.written: set[tuple[int, str]] = set()
@@ -392,7 +401,7 @@ class _Accumulator:
         else:
             tmp = self.scratch[layer - 1][0]
             np.matmul(a, b, out=tmp)
-            K.add_into(W, tmp)
+            self._k.add_into(W, tmp)
 
     def bias_slot(self, layer: int, chunk: int) -> np.ndarray:
         """Where a kernel should write this chunk's column sum for the bias of ``layer``."""
@@ -405,7 +414,7 @@ class _Accumulator:
         if key not in self.written:
             self.written.add(key)
         else:
-            K.add_into(self.views[layer - 1][1], self.scratch[layer - 1][1])
+            self._k.add_into(self.views[layer - 1][1], self.scratch[layer - 1][1])
 
 
 @attrs.define
@@ -426,6 +435,7 @@ class ForwardCache:
 
     def __init__(self, model: MLP, theta, batch: Batch):
         self.model = model
+        self._k = model.kernels
         self.theta = model._check_vector(theta, "theta").copy()
         self.weights = model.unflatten(self.theta)
         self.n = batch.n
@@ -459,7 +469,7 @@ class ForwardCache:
             deltas[L] = ch.delta_out
             for l in range(L, 1, -1):
                 d = np.matmul(deltas[l], self.weights[l - 1][0].T)
-                K.backprop_activation(d, ch.acts[l - 1], code, self._colsum[l - 1])
+                self._k.backprop_activation(d, ch.acts[l - 1], code, self._colsum[l - 1])
                 deltas[l - 1] = d
             ch.deltas = deltas
 
@@ -477,9 +487,9 @@ class ForwardCache:
             if has2:
                 np.matmul(ra[l - 1], W, out=g2[l])  # R(a_{l−1})·W_l
             if l < L:
-                K.r_activation(rz[l], g2[l], has2, vb, ch.acts[l], code, ra[l])
+                self._k.r_activation(rz[l], g2[l], has2, vb, ch.acts[l], code, ra[l])
             else:
-                K.r_output(rz[l], g2[l], has2, vb)
+                self._k.r_output(rz[l], g2[l], has2, vb)
         return rz, ra
 
     def _product(self, v, out, exact: bool) -> np.ndarray:
@@ -498,7 +508,7 @@ class ForwardCache:
             g1 = [None] + [buf[:n] for buf in self._g1[1:]]
             g2 = [None] + [buf[:n] for buf in self._g2[1:]]
             # R(δ_L) = H_L·R(z_L), in g1[L]
-            K.loss_hessian_product(ch.acts[L], rz[L], ch.scale, model.loss_kind.code, g1[L], acc.bias_slot(L, c))
+            self._k.loss_hessian_product(ch.acts[L], rz[L], ch.scale, model.loss_kind.code, g1[L], acc.bias_slot(L, c))
             acc.bias_done(L, c)
             for l in range(L, 0, -1):
                 acc.gemm(l, c, ch.acts[l - 1].T, g1[l])  # a_{l−1}ᵀ·R(δ_l)
@@ -510,11 +520,11 @@ class ForwardCache:
                 np.matmul(g1[l], W.T, out=g1[l - 1])
                 if exact:
                     np.matmul(ch.deltas[l], V[l - 1][0].T, out=g2[l - 1])
-                    K.r_backprop_activation(
+                    self._k.r_backprop_activation(
                         g1[l - 1], g2[l - 1], ch.deltas[l - 1], ch.acts[l - 1], rz[l - 1], code, acc.bias_slot(l - 1, c)
                     )
                 else:
-                    K.backprop_activation(g1[l - 1], ch.acts[l - 1], code, acc.bias_slot(l - 1, c))
+                    self._k.backprop_activation(g1[l - 1], ch.acts[l - 1], code, acc.bias_slot(l - 1, c))
                 acc.bias_done(l - 1, c)
         if not self.chunks:
             out[:] = 0.0

@@ -1,0 +1,196 @@
+"""Time the model's products against the bare GEMMs of the same shapes.
+
+For each network, dtype and BLAS thread count this measures the median time of
+
+* ``grad``            loss + gradient on the gradient batch (default 50,000 rows),
+* ``gv`` / ``hv``     one Gauss-Newton / exact Hessian product on a cached forward pass of
+                      the curvature batch (default 5,000 rows), as inside a Krylov solve,
+* ``gv+fwd`` / ``hv+fwd``  the same product including its forward pass (no reuse),
+
+and the median time of exactly the matrix multiplications those products perform (same
+shapes, same transpositions, preallocated outputs): the floor no dense-layer
+implementation can beat. ``ratio`` = product time / GEMM floor; GFLOP/s counts GEMM FLOPs.
+
+    python benchmarks/bench_products.py [--mnist-dir DIR] [--repeats 7] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from hessfree.models import MLP
+
+NETWORKS = [(784, 400, 10), (784, 400, 150, 10)]
+
+
+def gemm_plan(layers, n: int, kind: str) -> list[tuple[tuple[int, int], tuple[int, int], bool]]:
+    """The GEMMs of one product as ((rows, inner), (inner, cols), left operand transposed)."""
+    L = len(layers) - 1
+    d = layers
+    fwd = [((n, d[l - 1]), (d[l - 1], d[l]), False) for l in range(1, L + 1)]
+    grad_w = [((d[l - 1], n), (n, d[l]), True) for l in range(1, L + 1)]  # a_{l−1}ᵀ·δ_l
+    prop = [((n, d[l]), (d[l], d[l - 1]), False) for l in range(2, L + 1)]  # δ_l·W_lᵀ
+    r_fwd = [((n, d[0]), (d[0], d[1]), False)] + [((n, d[l - 1]), (d[l - 1], d[l]), False) for l in range(2, L + 1) for _ in range(2)]
+    if kind == "grad":
+        return fwd + grad_w + prop
+    if kind == "gv":
+        return r_fwd + grad_w + prop
+    if kind == "hv":
+        extra_w = [((d[l - 1], n), (n, d[l]), True) for l in range(2, L + 1)]  # R(a_{l−1})ᵀ·δ_l
+        return r_fwd + grad_w + extra_w + prop + prop
+    if kind == "gv+fwd":
+        return fwd + gemm_plan(layers, n, "gv")
+    if kind == "hv+fwd":
+        return fwd + prop + gemm_plan(layers, n, "hv")  # forward, the δ_l, then the product
+    raise ValueError(kind)
+
+
+def gemm_flops(plan) -> int:
+    return sum(2 * a[0] * a[1] * b[1] for a, b, _ in plan)
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm: JIT, page faults, BLAS buffers
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_floor(plan, dtype, repeats: int, rng) -> float:
+    ops = []
+    for (m, k), (k2, n), transposed in plan:
+        a = rng.standard_normal((k, m) if transposed else (m, k)).astype(dtype)
+        b = rng.standard_normal((k2, n)).astype(dtype)
+        ops.append((a.T if transposed else a, b, np.empty((m, n), dtype=dtype)))
+
+    def run():
+        for a, b, out in ops:
+            np.matmul(a, b, out=out)
+
+    return median_time(run, repeats)
+
+
+def load_mnist(directory: str | None, n: int, dtype):
+    if not directory:
+        return None
+    try:
+        from hessfree.data import load_dataset
+    except ImportError:
+        return None
+    data = load_dataset("mnist", data_dir=directory, dtype=dtype)
+    reps = -(-n // data.n_train)
+    X = np.concatenate([data.X_train] * reps)[:n]
+    y = np.concatenate([data.y_train] * reps)[:n]
+    return X, y
+
+
+def bench_one(layers, dtype, threads, args, rng) -> list[dict]:
+    numba.set_num_threads(threads)
+    model = MLP(list(layers), activation="tanh", dtype=dtype, chunk_size=args.chunk, parallel=True)
+    theta = model.init_params(0)
+    real = load_mnist(args.mnist_dir, args.grad_rows, dtype)
+    if real is None:
+        X = rng.random((args.grad_rows, layers[0])).astype(dtype)
+        y = rng.integers(0, layers[-1], args.grad_rows)
+    else:
+        X, y = real
+    big = model.batch(X, y)
+    small = model.batch(X[: args.curv_rows], y[: args.curv_rows])
+    v = rng.standard_normal(model.n_params).astype(dtype)
+    out = np.empty(model.n_params, dtype=dtype)
+    cache = model.forward(theta, small)
+    cache.hv(v, out=out)  # computes the cached δ_l once, as a solve's first product does
+    cases = {
+        "grad": (args.grad_rows, lambda: model.loss_grad(theta, big)),
+        "gv": (args.curv_rows, lambda: cache.gv(v, out=out)),
+        "hv": (args.curv_rows, lambda: cache.hv(v, out=out)),
+        "gv+fwd": (args.curv_rows, lambda: model.forward(theta, small).gv(v, out=out)),
+        "hv+fwd": (args.curv_rows, lambda: model.forward(theta, small).hv(v, out=out)),
+    }
+    rows = []
+    for kind, (n, fn) in cases.items():
+        plan = gemm_plan(layers, n, kind)
+        t = median_time(fn, args.repeats)
+        floor = gemm_floor(plan, dtype, args.repeats, rng)
+        flops = gemm_flops(plan)
+        rows.append(
+            dict(
+                network="-".join(map(str, layers)),
+                dtype=np.dtype(dtype).name,
+                blas_threads=threads,
+                product=kind,
+                rows=n,
+                gemms=len(plan),
+                time_s=t,
+                gemm_floor_s=floor,
+                ratio=t / floor,
+                gflops=flops / t / 1e9,
+                floor_gflops=flops / floor / 1e9,
+            )
+        )
+    return rows
+
+
+def markdown(rows) -> str:
+    lines = [
+        "| network | dtype | BLAS threads | product | rows | time (ms) | GEMM floor (ms) | ratio | GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['dtype']} | {r['blas_threads']} | {r['product']} | {r['rows']} | "
+            f"{1e3 * r['time_s']:.1f} | {1e3 * r['gemm_floor_s']:.1f} | {r['ratio']:.2f} | {r['gflops']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mnist-dir", default=os.environ.get("HESSFREE_MNIST_DIR", "../shared/data/mnist"))
+    parser.add_argument("--grad-rows", type=int, default=50_000)
+    parser.add_argument("--curv-rows", type=int, default=5_000)
+    parser.add_argument("--chunk", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "products.json"))
+    args = parser.parse_args(argv)
+    if args.mnist_dir and not Path(args.mnist_dir).is_dir():
+        args.mnist_dir = None
+    rng = np.random.default_rng(0)
+    rows = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        with threadpool_limits(limits=threads):
+            for dtype in args.dtypes.split(","):
+                for layers in NETWORKS:
+                    rows.extend(bench_one(layers, np.dtype(dtype), threads, args, rng))
+                    print("\n".join(markdown(rows[-5:]).splitlines()[2:]), file=sys.stderr, flush=True)
+    result = dict(
+        benchmark="products",
+        data="mnist" if args.mnist_dir else "random",
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), python=sys.version.split()[0], numpy=np.__version__),
+        blas=[{k: p.get(k) for k in ("internal_api", "version", "num_threads")} for p in threadpool_info()],
+        rows=rows,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
