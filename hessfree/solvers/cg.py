@@ -1,0 +1,112 @@
+"""Preconditioned conjugate gradient with Martens' stops and a negative-curvature exit.
+
+CG minimises q(x) = ½xᵀAx − bᵀx over growing Krylov spaces. Each step moves along p by
+the exact minimiser α = rᵀz / pᵀAp of q on that line — which exists only if pᵀAp > 0.
+When pᵀAp ≤ 0, q is unbounded below along p: CG stops, keeps the current iterate and
+returns p (turned downhill) as a negative-curvature direction. This is the paper's
+HF-CG; if it happens at the first iteration the iterate is still x_0 and the caller
+falls back to −g.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import numpy as np
+
+from hessfree.errors import InputError
+from hessfree.solvers._problem import Problem, Tracker, all_finite, prepare, start, zero_rhs_result
+from hessfree.solvers.base import (
+    CandidateKind,
+    KrylovSolver,
+    SolveResult,
+    StopReason,
+    flag_field,
+    martens_progress_stop,
+    max_iter_field,
+    store_first_field,
+    store_growth_field,
+    tolerance_field,
+)
+
+
+def check_previous(previous) -> None:
+    if previous is not None and not isinstance(previous, SolveResult):
+        raise InputError(f"previous: expected a SolveResult or None, found {type(previous).__name__}")
+
+
+@attrs.frozen
+class CG(KrylovSolver):
+    """Conjugate gradient (HF-CG): ``CG(max_iter=250, rtol=1e-6, progress_tol=5e-4)``.
+
+    Stops on ‖r‖ ≤ rtol·‖b‖ (CONVERGED), Martens' relative progress (PROGRESS), pᵀAp ≤ 0
+    (NEGATIVE_CURVATURE), a non-finite value (NON_FINITE) or after ``max_iter``
+    iterations (MAX_ITER). Keeps the iterates at ⌈store_first·store_growthʲ⌉ and the last;
+    ``true_residual`` spends one more matvec at exit to report ‖b − A·x‖.
+    """
+
+    name: ClassVar[str] = "cg"
+
+    max_iter: int = max_iter_field(250)
+    rtol: float = tolerance_field(1e-6)
+    progress_tol: float = tolerance_field(5e-4)
+    store_first: int = store_first_field()
+    store_growth: float = store_growth_field()
+    true_residual: bool = flag_field(True)
+
+    def solve(self, matvec, b, x0=None, *, dot=None, previous=None, precond=None) -> SolveResult:
+        check_previous(previous)
+        problem = prepare(matvec, b, x0, dot, precond)
+        if isinstance(problem, np.ndarray):
+            return zero_rhs_result(problem, self.name)
+        return run_cg(self, problem, self.name)
+
+
+def run_cg(config: CG, problem: Problem, name: str) -> SolveResult:
+    tracker = Tracker.start(problem, config.max_iter, config.store_first, config.store_growth)
+    reason = _iterate(config, problem, tracker)
+    return tracker.result(name, reason, true_residual=config.true_residual, candidates=False)
+
+
+def _iterate(config: CG, problem: Problem, tracker: Tracker) -> StopReason:
+    """The CG recurrence; leaves the last good iterate in the tracker, returns why it stopped."""
+    x, r, ok = start(tracker)
+    if not ok:
+        return StopReason.NON_FINITE
+    target = config.rtol * problem.rhs_norm
+    if tracker.residual_norms[-1] <= target:
+        return StopReason.CONVERGED
+    z = problem.precondition(r)
+    rz = problem.inner(r, z)  # rᵀM⁻¹r
+    p = z.copy()
+    for i in range(1, config.max_iter + 1):
+        Ap = problem.apply(p)
+        pAp = problem.inner(p, Ap)  # a NaN or inf anywhere in A·p makes this non-finite
+        if not all_finite(pAp):
+            return StopReason.NON_FINITE
+        if pAp <= 0.0:
+            tracker.direction(p, pAp, i, CandidateKind.CG_DIRECTION)
+            return StopReason.NEGATIVE_CURVATURE
+        alpha = rz / pAp
+        # new arrays, never in place: stored iterates are references, and a bad step
+        # must leave the last good (x, r) untouched
+        x_next = x + alpha * p
+        r_next = r - alpha * Ap
+        q, bx, xax = tracker.model_terms(x_next, r_next)
+        rnorm = problem.norm(r_next)
+        if not all_finite(alpha, q, rnorm):
+            return StopReason.NON_FINITE
+        x, r = x_next, r_next
+        tracker.record(i, x, q, bx, xax, rnorm)
+        if rnorm <= target:
+            return StopReason.CONVERGED
+        if martens_progress_stop(tracker.q_history, config.progress_tol):
+            return StopReason.PROGRESS
+        z = problem.precondition(r)
+        rz_next = problem.inner(r, z)
+        beta = rz_next / rz  # makes p_{i+1} A-conjugate to p_i
+        rz = rz_next
+        p *= beta
+        p += z
+    return StopReason.MAX_ITER
