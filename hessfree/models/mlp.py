@@ -287,19 +287,25 @@ class MLP(Model):
 
     def loss(self, theta, X, y=None) -> float:
         """Σᵢ ℓᵢ over the batch (forward passes only)."""
+        return self.evaluate(theta, X, y)[0]
+
+    def evaluate(self, theta, X, y=None) -> tuple[float, int]:
+        """(Σᵢ ℓᵢ, number of misclassified rows) from one forward pass."""
         weights = self.unflatten(theta)
         batch = self._labelled(X, y)
+        labels = batch.labels if batch.labels is not None else np.argmax(batch.targets, axis=1)
         rows = min(batch.n, self.chunk_size)
         acts = self._buffers(rows)
         scale = np.empty(rows, dtype=self.dtype)
-        total = 0.0
+        total, wrong = 0.0, 0
         for start, stop in self._chunks(batch.n):
             part = batch.rows(start, stop)
-            view = [None] + [a[: part.n] for a in acts[1:]]
-            view[0] = part.X
+            view = [part.X] + [a[: part.n] for a in acts[1:]]
             self._forward_into(weights, part.X, view)
-            total += self._loss_state(view[-1], part, False, view[-1], _no_colsum(self.dtype), scale[: part.n])
-        return total
+            out = view[-1]
+            total += self._loss_state(out, part, False, out, _no_colsum(self.dtype), scale[: part.n])
+            wrong += int(self.kernels.count_errors(out, labels[start:stop]))
+        return total, wrong
 
     def loss_grad(self, theta, X, y=None) -> tuple[float, np.ndarray]:
         """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ) over the batch."""
