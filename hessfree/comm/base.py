@@ -224,7 +224,8 @@ def _send_buffer(arr: np.ndarray, out: np.ndarray) -> np.ndarray:
         return out
     if np.may_share_memory(arr, out):
         return arr.copy(order="C")
-    return np.ascontiguousarray(arr)
+    # not np.ascontiguousarray, which turns a 0-d array into shape (1,)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
 
 
 class Communicator(ABC):
