@@ -5,6 +5,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+from hessfree.data.sharding import EvalSplit, ShardInfo
+from hessfree.data.source import check_finite, check_labels
 from hessfree.errors import DataError
 
 
@@ -17,14 +19,29 @@ def _check_pair(name: str, X: np.ndarray, y: np.ndarray) -> None:
         raise DataError(
             f"{name}: {X.shape[0]} feature rows but {y.shape[0]} labels; expected equal counts"
         )
+    if X.dtype.kind != "f":
+        raise DataError(f"{name}: features: expected a floating-point dtype, found {X.dtype}")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{name}: labels: expected an integer dtype, found {y.dtype}")
+
+
+def _check_values(name: str, X: np.ndarray, y: np.ndarray, n_classes: int) -> None:
+    """What no numba kernel can be trusted with: NaN/inf features, labels out of range."""
+    check_finite(name, "features", X)
+    check_labels(name, "labels", y, n_classes)
 
 
 @attrs.frozen
 class Dataset:
     """Validated training (and optional test) arrays.
 
-    ``X_*`` are floating-point ``(samples, features)`` arrays, ``y_*`` integer class labels
-    in ``[0, n_classes)``. The arrays are read-only so no consumer can alter shared data.
+    ``X_*`` are finite floating-point ``(samples, features)`` arrays, ``y_*`` integer class
+    labels in ``[0, n_classes)`` (both checked here). The arrays are read-only so no
+    consumer can alter shared data.
+
+    Under data parallelism a ``Dataset`` holds one rank's shard; ``shard`` then says where
+    it sits, and ``n_train_global``/``n_test_global`` are the divisors of reduced sums.
+    Without ``shard`` the arrays are the whole dataset.
     """
 
     name: str
@@ -33,8 +50,13 @@ class Dataset:
     n_classes: int
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    shard: ShardInfo | None = attrs.field(default=None, kw_only=True)
+    origin: str = attrs.field(default="", kw_only=True)
 
     def __attrs_post_init__(self) -> None:
+        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, (int, np.integer)) \
+                or self.n_classes < 1:
+            raise DataError(f"{self.name}: n_classes: expected an integer >= 1, found {self.n_classes!r}")
         _check_pair(f"{self.name} train", self.X_train, self.y_train)
         if (self.X_test is None) != (self.y_test is None):
             raise DataError(f"{self.name}: test features and test labels must be given together")
@@ -45,6 +67,16 @@ class Dataset:
                     f"{self.name}: test set has {self.X_test.shape[1]} features, "
                     f"train set {self.X_train.shape[1]}; expected equal"
                 )
+        _check_values(f"{self.name} train", self.X_train, self.y_train, self.n_classes)
+        if self.X_test is not None:
+            _check_values(f"{self.name} test", self.X_test, self.y_test, self.n_classes)
+        if self.shard is not None and (
+            len(self.shard.train_rows) != self.n_train or len(self.shard.test_rows) != self.n_test
+        ):
+            raise DataError(
+                f"{self.name}: shard: expected {len(self.shard.train_rows)} training and "
+                f"{len(self.shard.test_rows)} test rows, found {self.n_train} and {self.n_test}"
+            )
         for arr in (self.X_train, self.y_train, self.X_test, self.y_test):
             if arr is not None:
                 arr.flags.writeable = False
@@ -64,6 +96,23 @@ class Dataset:
     @property
     def has_test(self) -> bool:
         return self.X_test is not None
+
+    @property
+    def n_train_global(self) -> int:
+        """Training samples over all ranks (divide reduced sums by this)."""
+        return self.n_train if self.shard is None else self.shard.n_train_global
+
+    @property
+    def n_test_global(self) -> int:
+        """Evaluation samples over all ranks."""
+        return self.n_test if self.shard is None else self.shard.n_test_global
+
+    @property
+    def evaluation(self) -> EvalSplit:
+        """Whether ``X_test``/``y_test`` hold the test set, a validation split, or nothing."""
+        if self.shard is not None:
+            return self.shard.evaluation
+        return EvalSplit.TEST if self.has_test else EvalSplit.NONE
 
     def astype(self, dtype) -> "Dataset":
         """The same data with features in ``dtype`` (labels unchanged)."""
