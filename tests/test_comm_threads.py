@@ -253,3 +253,21 @@ def test_each_rank_has_its_own_meter():
     counts = run_threads(work, 2)
     assert counts[0].curvature.allreduce == 1 and counts[0].curvature.bytes == 16
     assert counts[1].curvature.allreduce == 2 and counts[1].curvature.bytes == 32
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_back_to_back_in_place_reductions_never_see_a_neighbours_next_input(size):
+    """Ranks rewrite their buffer right after each allreduce; no slice may read it early."""
+
+    def work(comm: ThreadComm) -> list[float]:
+        x = np.empty(4099)
+        wrong = []
+        for i in range(150):
+            x[:] = comm.rank + i * size  # this iteration's input, in the result buffer
+            comm.allreduce(x, out=x)
+            expected = sum(r + i * size for r in range(size))
+            if not np.all(x == expected):
+                wrong.append(i)
+        return wrong
+
+    assert run_threads(work, size, timeout=30) == [[]] * size
