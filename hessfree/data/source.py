@@ -58,7 +58,7 @@ def check_finite(name: str, field: str, X: np.ndarray, first_row: int = 0, chunk
             where = np.argwhere(bad)[0]
             row = first_row + lo + int(where[0])
             raise DataError(
-                f"{name}: {field}: expected finite values, found {block[tuple(where)]!r} at row {row}"
+                f"{name}: {field}: expected finite values, found {block[tuple(where)].item()!r} at row {row}"
             )
 
 
@@ -71,7 +71,7 @@ def check_labels(name: str, field: str, y: np.ndarray, n_classes: int, first_row
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(
-            f"{name}: {field}: expected values in [0, {n_classes}), found {y[i]} at row {first_row + i}"
+            f"{name}: {field}: expected values in [0, {n_classes}), found {y[i].item()} at row {first_row + i}"
         )
 
 
