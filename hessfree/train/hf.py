@@ -124,11 +124,52 @@ class _Direction:
     value: tuple[float, float] | None = None  # (objective, error) at θ + p, when evaluated
 
 
+# ---------------------------------------------------------------------- checkpoints
+_HF_SCALARS = ("damping", "iteration", "rejected", "samples", "comm_calls", "comm_bytes", "time_s", "loss", "train_error")
+
+
+def hf_state_payload(state: HFState) -> tuple[dict, dict]:
+    """(arrays, scalars) of an HF state; the last solve is kept as far as Hybrid needs it."""
+    arrays = dict(theta=state.theta, delta=state.delta)
+    scalars = {key: getattr(state, key) for key in _HF_SCALARS}
+    prev = state.previous
+    if prev is not None:
+        scalars["previous"] = dict(reason=prev.reason.value, curvature=prev.curvature.value, solver=prev.solver)
+        nc = prev.negative_curvature
+        if nc is not None:
+            arrays["previous_negative_direction"] = nc.direction
+            scalars["previous"]["negative"] = dict(curvature=nc.curvature, rayleigh=nc.rayleigh, iteration=nc.iteration, kind=nc.kind.value)
+    return arrays, scalars
+
+
+def hf_state_from_payload(arrays: dict, scalars: dict) -> HFState:
+    from hessfree.solvers import CandidateKind, NegativeCurvature, StopReason
+
+    previous = None
+    info = scalars.get("previous")
+    if info is not None:
+        nc = None
+        if "negative" in info:
+            n = info["negative"]
+            nc = NegativeCurvature(arrays["previous_negative_direction"], n["curvature"], n["rayleigh"], n["iteration"], CandidateKind(n["kind"]))
+        previous = SolveResult(
+            x=arrays["delta"], reason=StopReason(info["reason"]), iterations=0, matvecs=0, q=math.nan, q_history=(),
+            residual_norms=(), rhs_norm=math.nan, true_residual_norm=None, iterates=(), negative_curvature=nc,
+            candidates=(), curvature=Curvature(info["curvature"]), solver=info["solver"],
+        )
+    values = {key: scalars[key] for key in _HF_SCALARS}
+    return HFState(theta=arrays["theta"].copy(), delta=arrays["delta"].copy(), previous=previous, **values)
+
+
+
 class HessianFreeTrainer:
     """Composes model, data shard, Krylov solver and communicator into HF training.
 
     ``step(state) -> (state, record)`` runs one outer iteration; ``run`` iterates it.
     """
+
+    state_payload = staticmethod(hf_state_payload)
+    state_from_payload = staticmethod(hf_state_from_payload)
 
     def __init__(self, model: Model, data: Dataset, config: TrainConfig, comm=None, solver: KrylovSolver | None = None):
         if not config.method.is_hessian_free:
@@ -339,3 +380,4 @@ class HessianFreeTrainer:
                 raise DivergedError(
                     f"iteration {state.iteration}: {state.rejected} consecutive steps rejected (λ = {state.damping:.3g}); training diverged"
                 )
+
