@@ -155,6 +155,12 @@ def test_npz_refuses_pickles_and_junk(tmp_path):
     path.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DataError, match="own.npz"):
         load_dataset("npz", path=path)
+    np.save(tmp_path / "one.npy", np.zeros((2, 2)))
+    with pytest.raises(DataError, match="single .npy array"):
+        load_dataset("npz", path=tmp_path / "one.npy")
+    (tmp_path / "text.npz").write_text("X,y\n1,2\n")
+    with pytest.raises(DataError, match="text.npz"):
+        load_dataset("npz", path=tmp_path / "text.npz")
     with pytest.raises(DataError, match="not found"):
         load_dataset("npz", path=tmp_path / "absent.npz")
     with pytest.raises(ConfigError):

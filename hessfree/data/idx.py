@@ -115,7 +115,11 @@ def _open(path: Path) -> tuple[BinaryIO, bool, int]:
         raw.close()
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if compressed:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), True, size
+        raw.close()
+        try:
+            return gzip.open(path, "rb"), True, size
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return raw, False, size
 
 

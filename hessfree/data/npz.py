@@ -24,7 +24,9 @@ KNOWN_KEYS = ("X", "y", "X_test", "y_test", "n_classes")
 
 def _load_archive(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # our own handle: np.load leaks the one it opens when the zip directory is corrupt
+        with open(path, "rb") as fh:
+            archive = np.load(fh, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise DataError(f"{path.name}: format: expected an .npz archive, found a single .npy array")
             keys = set(archive.files)

@@ -164,6 +164,7 @@ class ShardInfo:
         rank otherwise); a small evaluation set may leave some ranks empty-handed, which
         is harmless because evaluation sums are reduced.
         """
+        rank, size = _check_int("rank", rank, 0), _check_int("size", size, 1)
         check_shardable(n_train, size, f"{what} training set")
         return cls(
             rank,
