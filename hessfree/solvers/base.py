@@ -32,7 +32,8 @@ MatVec = Callable[[np.ndarray], np.ndarray]
 class StopReason(enum.Enum):
     """Why a solve ended. Breakdowns are data, never exceptions."""
 
-    CONVERGED = "converged"  # ‖r‖ ≤ rtol·‖b‖ (recursively updated residual)
+    CONVERGED = "converged"  # ‖r‖ ≤ rtol·‖b‖ (confirmed on b − A·x when true_residual is on)
+    STAGNATED = "stagnated"  # the updated residual met rtol, the true one cannot: accuracy floor
     PROGRESS = "progress"  # Martens' relative progress of q fell below progress_tol
     MAX_ITER = "max_iter"  # the iteration budget ran out
     NEGATIVE_CURVATURE = "negative_curvature"  # CG met pᵀAp ≤ 0

@@ -25,7 +25,15 @@ from typing import ClassVar
 import attrs
 import numpy as np
 
-from hessfree.solvers._problem import Problem, Tracker, all_finite, prepare, start, zero_rhs_result
+from hessfree.solvers._problem import (
+    Problem,
+    Tracker,
+    all_finite,
+    confirm_convergence,
+    prepare,
+    start,
+    zero_rhs_result,
+)
 from hessfree.solvers.base import (
     CandidateKind,
     KrylovSolver,
@@ -46,7 +54,8 @@ class BiCGStab(KrylovSolver):
     """Bi-CG-STAB with candidates: ``BiCGStab(max_iter=50, rtol=1e-6, progress_tol=0.0)``.
 
     Runs its iteration budget (the paper's fixed count) unless it converges
-    (‖r‖ ≤ rtol·‖b‖, tested after each half step too), breaks down (BREAKDOWN_RHO when
+    (‖r‖ ≤ rtol·‖b‖, tested after each half step too, and confirmed on b − A·x when
+    ``true_residual`` is on, as for CG), breaks down (BREAKDOWN_RHO when
     |r̂ᵀr| or |r̂ᵀAp̂| falls below eps·‖r̂‖·‖·‖; BREAKDOWN_OMEGA when |tᵀs| ≤ eps·‖t‖·‖s‖)
     or meets a non-finite value. ``progress_tol`` > 0 enables Martens' progress test on
     its (non-monotone) q. Each iteration costs two matvecs; a converged half step one.
@@ -116,7 +125,15 @@ def _iterate(config: BiCGStab, problem: Problem, tracker: Tracker) -> StopReason
         if not all_finite(alpha, snorm):
             return StopReason.NON_FINITE
         if snorm <= target:
-            return _half_step(problem, tracker, i, x + alpha * p_hat, s, snorm, StopReason.CONVERGED)
+            x_half = x + alpha * p_hat
+            if not _half_step(tracker, i, x_half, s, snorm):
+                return StopReason.NON_FINITE
+            reason, r_true = confirm_convergence(tracker, target, config.true_residual)
+            if reason is not None:
+                return reason
+            # residual replacement after a half step: restart the recurrence from x_half
+            x, r, rnorm, p = x_half, r_true, tracker.residual_norms[-1], None
+            continue
         s_hat = problem.precondition(s)
         t = problem.apply(s_hat)
         curv_s = problem.inner(s_hat, t)
@@ -129,7 +146,8 @@ def _iterate(config: BiCGStab, problem: Problem, tracker: Tracker) -> StopReason
         # ω = tᵀs/tᵀt minimises ‖s − ωt‖; t ⟂ s (relative to eps) leaves nothing to minimise
         # and would make the next β = … / ω blow up: keep the half step and stop
         if not abs(ts) > eps * math.sqrt(tt) * snorm:
-            return _half_step(problem, tracker, i, x + alpha * p_hat, s, snorm, StopReason.BREAKDOWN_OMEGA)
+            ok = _half_step(tracker, i, x + alpha * p_hat, s, snorm)
+            return StopReason.BREAKDOWN_OMEGA if ok else StopReason.NON_FINITE
         omega = ts / tt
         x_next = x + alpha * p_hat + omega * s_hat
         r_next = s - omega * t
@@ -140,19 +158,20 @@ def _iterate(config: BiCGStab, problem: Problem, tracker: Tracker) -> StopReason
         x, r = x_next, r_next
         tracker.record(i, x, q, bx, xax, rnorm)
         if rnorm <= target:
-            return StopReason.CONVERGED
+            reason, r_true = confirm_convergence(tracker, target, config.true_residual)
+            if reason is not None:
+                return reason
+            r, rnorm = r_true, tracker.residual_norms[-1]  # residual replacement
         if martens_progress_stop(tracker.q_history, config.progress_tol):
             return StopReason.PROGRESS
         rho_prev = rho
     return StopReason.MAX_ITER
 
 
-def _half_step(
-    problem: Problem, tracker: Tracker, i: int, x: np.ndarray, s: np.ndarray, snorm: float, reason: StopReason
-) -> StopReason:
-    """Finish on x + α·p̂ (residual s), or on the previous iterate if that is not finite."""
+def _half_step(tracker: Tracker, i: int, x: np.ndarray, s: np.ndarray, snorm: float) -> bool:
+    """Record x + α·p̂ (residual s) as iterate i; False (nothing recorded) if not finite."""
     q, bx, xax = tracker.model_terms(x, s)
     if not all_finite(q):
-        return StopReason.NON_FINITE
+        return False
     tracker.record(i, x, q, bx, xax, snorm)
-    return reason
+    return True

@@ -16,7 +16,15 @@ import attrs
 import numpy as np
 
 from hessfree.errors import InputError
-from hessfree.solvers._problem import Problem, Tracker, all_finite, prepare, start, zero_rhs_result
+from hessfree.solvers._problem import (
+    Problem,
+    Tracker,
+    all_finite,
+    confirm_convergence,
+    prepare,
+    start,
+    zero_rhs_result,
+)
 from hessfree.solvers.base import (
     CandidateKind,
     KrylovSolver,
@@ -40,10 +48,12 @@ def check_previous(previous) -> None:
 class CG(KrylovSolver):
     """Conjugate gradient (HF-CG): ``CG(max_iter=250, rtol=1e-6, progress_tol=5e-4)``.
 
-    Stops on ‖r‖ ≤ rtol·‖b‖ (CONVERGED), Martens' relative progress (PROGRESS), pᵀAp ≤ 0
+    Stops on ‖r‖ ≤ rtol·‖b‖ (CONVERGED; STAGNATED if the true residual cannot follow the
+    updated one), Martens' relative progress (PROGRESS), pᵀAp ≤ 0
     (NEGATIVE_CURVATURE), a non-finite value (NON_FINITE) or after ``max_iter``
-    iterations (MAX_ITER). Keeps the iterates at ⌈store_first·store_growthʲ⌉ and the last;
-    ``true_residual`` spends one more matvec at exit to report ‖b − A·x‖.
+    iterations (MAX_ITER). Keeps the iterates at ⌈store_first·store_growthʲ⌉ and the last.
+    ``true_residual`` (default on) confirms a convergence claim on b − A·x and reports
+    ‖b − A·x‖ at exit, one matvec each (shared when they coincide).
     """
 
     name: ClassVar[str] = "cg"
@@ -100,7 +110,10 @@ def _iterate(config: CG, problem: Problem, tracker: Tracker) -> StopReason:
         x, r = x_next, r_next
         tracker.record(i, x, q, bx, xax, rnorm)
         if rnorm <= target:
-            return StopReason.CONVERGED
+            reason, r_true = confirm_convergence(tracker, target, config.true_residual)
+            if reason is not None:
+                return reason
+            r = r_true  # residual replacement; p keeps its direction
         if martens_progress_stop(tracker.q_history, config.progress_tol):
             return StopReason.PROGRESS
         z = problem.precondition(r)
