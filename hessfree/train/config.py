@@ -89,7 +89,7 @@ class TrainConfig:
     method: Method = attrs.field(default=Method.BICGSTAB, converter=_enum(Method))
     iterations: int = attrs.field(default=30, validator=_count)  # HF outer iterations
     epochs: int = attrs.field(default=10, validator=_count)  # SGD epochs
-    batch_size: int = attrs.field(default=1000, validator=_count)  # HF curvature batch / SGD mini-batch
+    batch_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_count))  # see global_batch
     cg_max_iter: int = attrs.field(default=250, validator=_count)
     cg_rtol: float = attrs.field(default=1e-8, validator=_positive)
     progress_tol: float = attrs.field(default=5e-4, validator=_non_negative)
@@ -110,6 +110,14 @@ class TrainConfig:
     momentum: float = attrs.field(default=0.9, validator=_unit_closed_open)
     weight_decay: float = attrs.field(default=0.0, validator=_non_negative)
     seed: int = attrs.field(default=0, validator=_seed)
+
+    #: default global batch: HF curvature batch (Martens-size) and SGD mini-batch (the paper's)
+    DEFAULT_BATCH = {True: 1000, False: 64}
+
+    @property
+    def global_batch(self) -> int:
+        """``batch_size``, or the method's default: 1000 for HF curvature, 64 for SGD."""
+        return self.batch_size if self.batch_size is not None else self.DEFAULT_BATCH[self.method.is_hessian_free]
 
     def __attrs_post_init__(self) -> None:
         if self.damping_min > self.damping_max:

@@ -3,8 +3,9 @@
 Every rank holds the full θ and a shard of the training data. Per outer iteration k:
 
 1. full gradient and loss: local chunked sums, **one** allreduce of [Σ∇ℓ, Σℓ];
-2. curvature batch k (``CurvatureSchedule``: b samples, b/P per rank, cycled through the
-   data); its forward pass is computed once and kept for the whole solve;
+2. curvature batch k: b consecutive global samples from k·b, cycled through the data, each
+   rank computing the ones in its shard (b/P each with strided shards); its forward pass
+   is computed once and kept for the whole solve;
 3. Krylov solve of B·d = −g from x0 = η·δ_{k−1}, where B·v = (reduced Σ products)/b + (λ+μ)v
    (μ the weight decay): **one** allreduce per product;
 4. direction: CG-backtracking over the stored iterates or Bi-CG-STAB's descent candidates
@@ -27,14 +28,14 @@ import numpy as np
 
 from hessfree.comm import Phase, SerialComm
 from hessfree.data.dataset import Dataset
-from hessfree.data.sharding import CurvatureSchedule
 from hessfree.errors import DivergedError
 from hessfree.models.base import Model
 from hessfree.solvers import BiCGStab, CG, Curvature, Hybrid, KrylovSolver, SolveResult
+from hessfree.train.batches import curvature_window, local_positions
 from hessfree.train.config import Method, TrainConfig
 from hessfree.train.damping import quadratic_model, reduction_ratio, update_damping
 from hessfree.train.linesearch import armijo
-from hessfree.train.records import IterationRecord
+from hessfree.train.records import IterationRecord, counts_by_phase
 
 #: which curvature each HF method multiplies by (Hybrid chooses per solve)
 _METHOD_CURVATURE = {
@@ -43,12 +44,6 @@ _METHOD_CURVATURE = {
     Method.BICGSTAB: Curvature.EXACT,
     Method.HYBRID: Curvature.EXACT,
 }
-
-
-def counts_by_phase(comm) -> dict:
-    """Cumulative collectives and bytes per phase, as plain numbers."""
-    counts = comm.counts()
-    return {p.value: {"calls": counts[p].collectives, "bytes": counts[p].bytes} for p in Phase}
 
 
 def make_solver(config: TrainConfig) -> KrylovSolver:
@@ -162,6 +157,11 @@ def hf_state_from_payload(arrays: dict, scalars: dict) -> HFState:
 
 
 
+def _value(d: _Direction) -> float:
+    """The objective at θ + d.p, +∞ when it is not finite."""
+    return d.value[0] if math.isfinite(d.value[0]) else math.inf
+
+
 class HessianFreeTrainer:
     """Composes model, data shard, Krylov solver and communicator into HF training.
 
@@ -182,7 +182,8 @@ class HessianFreeTrainer:
         self.test = model.batch(data.X_test, data.y_test) if data.has_test else None
         self.n_train = data.n_train_global
         self.n_test = data.n_test_global
-        self.schedule = CurvatureSchedule(self.n_train, min(config.batch_size, self.n_train), self.comm.size)
+        self.rows = data.shard.train_rows if data.shard is not None else range(data.n_train)
+        self.batch_size = min(config.global_batch, self.n_train)
         self.dtype = np.dtype(getattr(model, "dtype", np.float64))
         self._gbuf = np.empty(model.n_params + 1, dtype=np.float64 if self.dtype == np.float64 else self.dtype)
 
@@ -216,12 +217,12 @@ class HessianFreeTrainer:
 
     def curvature_operator(self, theta: np.ndarray, iteration: int, damping: float) -> CurvatureOperator:
         """The damped curvature of batch ``iteration`` (its forward pass computed here, once)."""
-        rows = self.schedule.local_indices(iteration, self.comm.rank)
+        rows = local_positions(self.rows, curvature_window(iteration, self.batch_size, self.n_train))
         X = self.train.X[rows]
         y = self.train.labels[rows] if self.train.labels is not None else self.train.targets[rows]
         cache = self.model.forward(theta, X, y)
         default = _METHOD_CURVATURE[self.config.method]
-        return CurvatureOperator(cache, self.comm, self.schedule.batch_size, damping + self.config.weight_decay, default)
+        return CurvatureOperator(cache, self.comm, self.batch_size, damping + self.config.weight_decay, default)
 
     def solve(self, op: CurvatureOperator, g: np.ndarray, state: HFState) -> SolveResult:
         """Krylov solve of B·d = −g from the warm start η·δ_{k−1}."""
@@ -251,17 +252,22 @@ class HessianFreeTrainer:
         return walk, extra
 
     def choose_direction(self, result: SolveResult, g: np.ndarray, theta: np.ndarray, op: CurvatureOperator) -> _Direction:
-        """CG-backtracking: walk back from the last iterate while f(θ + p) decreases."""
+        """CG-backtracking: walk back from the last iterate while f(θ + p) decreases.
+
+        A non-finite objective counts as +∞, so the walk continues past it; Bi-CG-STAB's
+        extra (negative-curvature) candidates are each evaluated and win when lower.
+        """
         walk, extra = self.candidates(result, g)
         best: _Direction | None = None
         for d in walk:
             d = attrs.evolve(d, value=self.objective(theta + d.p))
-            if best is not None and not d.value[0] < best.value[0]:
+            if best is not None and math.isfinite(_value(best)) and not _value(d) < _value(best):
                 break
-            best = d
+            if best is None or _value(d) < _value(best):
+                best = d
         for d in extra:
             d = attrs.evolve(d, value=self.objective(theta + d.p))
-            if best is None or d.value[0] < best.value[0]:
+            if best is None or _value(d) < _value(best):
                 best = d
         if best is None:  # nothing usable (e.g. negative curvature at the first CG step): −g
             p = -g
@@ -324,7 +330,7 @@ class HessianFreeTrainer:
         else:
             theta, loss, train_error, rejected = state.theta, f0, state.train_error, state.rejected + 1
         test_error = self.test_error(theta)
-        b = self.schedule.batch_size
+        b = self.batch_size
         samples = state.samples + self.n_train * (1 + evals) + b * (1 + op.products)
         counts = comm.counts().total
         elapsed = time.perf_counter() - t0

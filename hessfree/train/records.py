@@ -50,3 +50,11 @@ class IterationRecord:
                 value = None
             out[key] = value
         return out
+
+
+def counts_by_phase(comm) -> dict:
+    """Cumulative collectives and bytes per phase, as plain numbers."""
+    from hessfree.comm import Phase
+
+    counts = comm.counts()
+    return {p.value: {"calls": counts[p].collectives, "bytes": counts[p].bytes} for p in Phase}

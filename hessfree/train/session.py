@@ -21,7 +21,7 @@ from typing import Iterator
 import attrs
 import numpy as np
 
-from hessfree.data import load_dataset
+from hessfree.data import ShardMode, load_dataset
 from hessfree.errors import ConfigError
 from hessfree.models import MLP
 from hessfree.train.config import Method, TrainConfig, _enum, _count, _non_negative, _positive, _seed
@@ -178,6 +178,7 @@ class Session:
             dtype=np.dtype(config.dtype),
             rank=comm.rank,
             size=comm.size,
+            shard=ShardMode.STRIDED,  # balanced parts of every batch window (see train.batches)
             validation=config.validation,
             samples=config.samples,
             seed=config.train.seed,

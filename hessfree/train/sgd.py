@@ -1,8 +1,8 @@
 """Data-parallel mini-batch SGD and momentum SGD: the baselines, on the same communicator.
 
-Each update: every rank takes its ``b_r`` samples of the global mini-batch of ``b`` (the
-``b_r`` differ by at most one and sum to b) from its shard, in a per-epoch permutation
-drawn from ``SeedSequence([seed, epoch, rank])``; **one** allreduce of [Σ∇ℓ, Σℓ]; then
+Each update takes the next b samples of a per-epoch permutation of the *global* indices
+(``SeedSequence([seed, epoch])``, the same for any number of ranks); every rank computes
+the ones in its shard; **one** allreduce of [Σ∇ℓ, Σℓ]; then
 
     SGD:  θ ← θ − η·g            MSGD:  v ← μ·v − η·g,  θ ← θ + v      (g = Σ∇ℓ / b + wd·θ)
 
@@ -21,11 +21,11 @@ import numpy as np
 
 from hessfree.comm import Phase, SerialComm
 from hessfree.data.dataset import Dataset
-from hessfree.data.sharding import balanced_count
 from hessfree.errors import DivergedError
 from hessfree.models.base import Model
+from hessfree.train.batches import epoch_permutation, local_positions
 from hessfree.train.config import Method, TrainConfig
-from hessfree.train.records import IterationRecord
+from hessfree.train.records import IterationRecord, counts_by_phase
 
 
 @attrs.frozen(kw_only=True)
@@ -67,8 +67,8 @@ class SGDTrainer:
         self.train = model.batch(data.X_train, data.y_train)
         self.test = model.batch(data.X_test, data.y_test) if data.has_test else None
         self.n_train, self.n_test = data.n_train_global, data.n_test_global
-        self.batch_size = min(config.batch_size, self.n_train)
-        self.local_batch = balanced_count(self.batch_size, self.comm.rank, self.comm.size)
+        self.batch_size = min(config.global_batch, self.n_train)
+        self.rows = data.shard.train_rows if data.shard is not None else range(data.n_train)
         self.updates_per_epoch = max(1, self.n_train // self.batch_size)
         self.momentum = config.momentum if config.method is Method.MSGD else 0.0
         self._buf = np.empty(model.n_params + 1, dtype=np.dtype(getattr(model, "dtype", np.float64)))
@@ -76,10 +76,6 @@ class SGDTrainer:
     def initial_state(self, theta=None) -> SGDState:
         theta = self.model.init_params(self.config.seed) if theta is None else np.array(theta)
         return SGDState(theta=theta, velocity=np.zeros_like(theta))
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        seq = np.random.SeedSequence([self.config.seed, epoch, self.comm.rank])
-        return np.random.default_rng(seq).permutation(self.train.n)
 
     def gradient(self, theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Mean mini-batch gradient over all ranks: one allreduce of [Σ∇ℓ, Σℓ]."""
@@ -108,13 +104,13 @@ class SGDTrainer:
     def step(self, state: SGDState) -> tuple[SGDState, IterationRecord]:
         t0 = time.perf_counter()
         theta, velocity = state.theta.copy(), state.velocity.copy()
-        perm = self._permutation(state.iteration)
-        n_local, b_r = self.train.n, self.local_batch
+        perm = epoch_permutation(self.config.seed, state.iteration, self.n_train)
+        b = self.batch_size
         rejected = state.rejected
         lr, mu = self.config.lr, self.momentum
         with self.comm.phase(Phase.GRADIENT):
             for u in range(self.updates_per_epoch):
-                rows = perm[(u * b_r + np.arange(b_r)) % n_local]
+                rows = local_positions(self.rows, perm[u * b : (u + 1) * b])
                 g = self.gradient(theta, rows)
                 if not np.all(np.isfinite(g)):
                     rejected += 1
@@ -155,6 +151,7 @@ class SGDTrainer:
             time_gradient_s=t1 - t0,
             step_size=lr,
             accepted=rejected == 0,
+            comm_phases=counts_by_phase(self.comm),
         )
         return new, record
 

@@ -1,0 +1,34 @@
+"""Which samples each rank uses: batches are sets of *global* indices, the same for any P.
+
+A batch never depends on the number of ranks, so serial, threads and MPI runs follow the
+same trajectory (up to the rounding of sums reduced in a different order). Each rank
+computes the part of a batch that lies in its shard; with strided shards (rank r owns
+r, r+P, r+2P, ...) a window of consecutive global indices splits across ranks in parts
+that differ by at most one sample (two when the window wraps past the end of the data
+and P does not divide n): the paper's b/P per rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def curvature_window(iteration: int, batch_size: int, n: int) -> np.ndarray:
+    """Global indices of curvature batch k: b consecutive samples from k·b, wrapping (Martens)."""
+    start = (iteration * batch_size) % n  # Python ints: no overflow however large k grows
+    return (start + np.arange(batch_size, dtype=np.int64)) % n
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The global sample order of an SGD epoch (``SeedSequence([seed, epoch])``, any P)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+
+
+def local_positions(rows: range, indices: np.ndarray) -> np.ndarray:
+    """Positions within this rank's shard of the given global indices it owns (in batch order).
+
+    ``rows`` is the rank's shard as a range of global indices (contiguous or strided).
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    inside = (idx >= rows.start) & (idx < rows.stop) & ((idx - rows.start) % rows.step == 0)
+    return (idx[inside] - rows.start) // rows.step

@@ -1,0 +1,30 @@
+"""Under mpirun: a few iterations of every method; each rank writes its records as JSON.
+
+    mpirun -n P python -m mpi4py tests/mpi/train_methods.py OUT_DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from hessfree.comm import make_comm
+from hessfree.train.session import Session, make_run_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train_cases import METHODS, case_config  # noqa: E402
+
+
+def main(out: str) -> None:
+    comm = make_comm("mpi", timeout=60)
+    result = {}
+    for method in METHODS:
+        session = Session(make_run_config(case_config(method)), comm)
+        trainer = session.trainer
+        state = trainer.initial_state()
+        total = session.config.train.iterations if session.config.train.method.is_hessian_free else session.config.train.epochs
+        result[method] = [record.as_dict() for _, record in trainer.run(state, total)]
+    Path(out, f"rank{comm.rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
