@@ -532,3 +532,15 @@ def test_hybrid_needs_both_operators():
     A, b = spd(4, 10.0)
     with pytest.raises(ConfigError, match="gauss_newton"):
         Hybrid().solve(lambda v: A @ v, b)
+
+
+def test_an_operator_reusing_its_output_buffer_is_safe():
+    A, b = indefinite(12, 3, seed=5)
+    buffer = np.empty(12)
+
+    def into_buffer(v):
+        np.matmul(A, v, out=buffer)
+        return buffer
+
+    for solver in exact(max_iter=8):
+        np.testing.assert_array_equal(solver.solve(into_buffer, b).x, solver.solve(lambda v: A @ v, b).x)

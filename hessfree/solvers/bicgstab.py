@@ -111,7 +111,9 @@ def _iterate(config: BiCGStab, problem: Problem, tracker: Tracker) -> StopReason
             p *= beta
             p += r
         p_hat = problem.precondition(p)
-        v = problem.apply(p_hat)
+        # A·p̂ is needed again after the second product (p ← r + β(p − ωv)): own a copy,
+        # in case the operator writes every product into one buffer
+        v = problem.apply(p_hat).copy()
         curv_p = problem.inner(p_hat, v)  # p̂ᵀAp̂, non-finite if A·p̂ is
         if not all_finite(curv_p):
             return StopReason.NON_FINITE
