@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from hessfree.cli.data_cmd import data_group
 from hessfree.errors import ConfigError, HessfreeError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
@@ -100,12 +101,4 @@ def train(config_file, **options) -> None:
     sys.exit(code)
 
 
-def _register_optional_groups() -> None:
-    try:
-        from hessfree.cli.data_cmd import data_group
-    except ImportError:  # pragma: no cover - the data group ships with the package
-        return
-    main.add_command(data_group)
-
-
-_register_optional_groups()
+main.add_command(data_group)

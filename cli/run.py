@@ -80,7 +80,6 @@ def _rank_main(config: RunConfig, comm, echo: Callable[[str], None]) -> dict:
                 echo(_format(record))
             if config.checkpoint_dir and (state.iteration % config.checkpoint_every == 0 or state.iteration == total):
                 arrays, scalars = trainer.state_payload(state)
-                scalars.update(comm_calls=record.comm_calls, comm_bytes=record.comm_bytes)
                 if lead:
                     checkpoint.save(config.checkpoint_dir, state.iteration, arrays, scalars, trajectory, config_hash)
                 comm.barrier()  # no rank runs ahead of a checkpoint being written
@@ -97,7 +96,8 @@ def _rank_main(config: RunConfig, comm, echo: Callable[[str], None]) -> dict:
             echo(f"error: {message}", err=True)
         elif last is not None:
             acc = "" if last.test_error is None else f", test accuracy {1 - last.test_error:.4f}"
-            echo(f"done: {state.iteration} iterations, loss {last.loss:.6f}, train accuracy {1 - last.train_error:.4f}{acc}, {last.time_s:.1f}s")
+            unit = "iterations" if config.train.method.is_hessian_free else "epochs"
+            echo(f"done: {state.iteration} {unit}, loss {last.loss:.6f}, train accuracy {1 - last.train_error:.4f}{acc}, {last.time_s:.1f}s")
         else:
             echo(f"done: nothing to do (already at iteration {state.iteration} of {total})")
     return result

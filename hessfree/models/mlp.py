@@ -23,6 +23,7 @@ allocate nothing but their result.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from typing import Sequence
 
@@ -57,6 +58,17 @@ class Loss(enum.Enum):
             "logistic_cross_entropy": K.LOGISTIC_CE,
             "squared_error": K.SQUARED,
         }[self.value]
+
+
+def _quiet_float_errors(method):
+    """Overflow to ±inf and NaN are results the trainer handles (step rejected), not warnings."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def _enum(kind):
@@ -289,6 +301,7 @@ class MLP(Model):
         """Σᵢ ℓᵢ over the batch (forward passes only)."""
         return self.evaluate(theta, X, y)[0]
 
+    @_quiet_float_errors
     def evaluate(self, theta, X, y=None) -> tuple[float, int]:
         """(Σᵢ ℓᵢ, number of misclassified rows) from one forward pass."""
         weights = self.unflatten(theta)
@@ -307,6 +320,7 @@ class MLP(Model):
             wrong += int(self.kernels.count_errors(out, labels[start:stop]))
         return total, wrong
 
+    @_quiet_float_errors
     def loss_grad(self, theta, X, y=None) -> tuple[float, np.ndarray]:
         """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ) over the batch."""
         weights = self.unflatten(theta)
@@ -439,6 +453,7 @@ class ForwardCache:
     batch size). ``loss_sum`` is the batch loss at θ. Not thread-safe: one cache per rank.
     """
 
+    @_quiet_float_errors
     def __init__(self, model: MLP, theta, batch: Batch):
         self.model = model
         self._k = model.kernels
@@ -465,6 +480,7 @@ class ForwardCache:
         self._g2 = model._buffers(rows)
         self._colsum = [None] + [np.empty(d, dtype=model.dtype) for d in model.layers[1:]]
 
+    @_quiet_float_errors
     def _ensure_deltas(self) -> None:
         """δ_l for every hidden layer (the exact Hessian needs them; computed once)."""
         model, code, L = self.model, self.model.activation.code, self.model.n_layers
@@ -498,6 +514,7 @@ class ForwardCache:
                 self._k.r_output(rz[l], g2[l], has2, vb)
         return rz, ra
 
+    @_quiet_float_errors
     def _product(self, v, out, exact: bool) -> np.ndarray:
         model, L, code = self.model, self.model.n_layers, self.model.activation.code
         V = model.unflatten(v)

@@ -35,7 +35,7 @@ from hessfree.train.batches import curvature_window, local_positions
 from hessfree.train.config import Method, TrainConfig
 from hessfree.train.damping import quadratic_model, reduction_ratio, update_damping
 from hessfree.train.linesearch import armijo
-from hessfree.train.records import IterationRecord, counts_by_phase
+from hessfree.train.records import IterationRecord, add_counts, total_bytes, total_calls, zero_counts
 
 #: which curvature each HF method multiplies by (Hybrid chooses per solve)
 _METHOD_CURVATURE = {
@@ -66,8 +66,7 @@ class HFState:
     iteration: int = 0  # outer iterations completed
     rejected: int = 0  # consecutive rejected steps
     samples: int = 0  # samples pushed through the network so far (for epochs)
-    comm_calls: int = 0  # collectives before this run segment (resume)
-    comm_bytes: int = 0
+    comm: dict = attrs.field(factory=zero_counts)  # cumulative collectives/bytes per phase (steps only)
     time_s: float = 0.0
     loss: float = math.nan  # objective at theta (nan: not evaluated yet)
     train_error: float = math.nan
@@ -120,7 +119,7 @@ class _Direction:
 
 
 # ---------------------------------------------------------------------- checkpoints
-_HF_SCALARS = ("damping", "iteration", "rejected", "samples", "comm_calls", "comm_bytes", "time_s", "loss", "train_error")
+_HF_SCALARS = ("damping", "iteration", "rejected", "samples", "comm", "time_s", "loss", "train_error")
 
 
 def hf_state_payload(state: HFState) -> tuple[dict, dict]:
@@ -308,6 +307,7 @@ class HessianFreeTrainer:
     # ------------------------------------------------------------------ one iteration
     def step(self, state: HFState) -> tuple[HFState, IterationRecord]:
         cfg, comm = self.config, self.comm
+        counts0 = comm.counts()
         t0 = time.perf_counter()
         with comm.phase(Phase.GRADIENT):
             f0, g = self.gradient(state.theta)
@@ -332,7 +332,6 @@ class HessianFreeTrainer:
         test_error = self.test_error(theta)
         b = self.batch_size
         samples = state.samples + self.n_train * (1 + evals) + b * (1 + op.products)
-        counts = comm.counts().total
         elapsed = time.perf_counter() - t0
         new_state = attrs.evolve(
             state,
@@ -343,6 +342,7 @@ class HessianFreeTrainer:
             rejected=rejected,
             samples=samples,
             time_s=state.time_s + elapsed,
+            comm=add_counts(state.comm, comm.counts() - counts0),
             loss=loss,
             train_error=train_error if train_error is not None else math.nan,
             previous=result,
@@ -350,8 +350,8 @@ class HessianFreeTrainer:
         record = IterationRecord(
             iteration=new_state.iteration,
             epochs=samples / self.n_train,
-            comm_calls=state.comm_calls + counts.collectives,
-            comm_bytes=state.comm_bytes + counts.bytes,
+            comm_calls=total_calls(new_state.comm),
+            comm_bytes=total_bytes(new_state.comm),
             loss=loss,
             train_error=new_state.train_error,
             test_error=test_error,
@@ -370,7 +370,7 @@ class HessianFreeTrainer:
             curvature=result.curvature.value,
             direction=d.kind,
             accepted=ls.accepted,
-            comm_phases=counts_by_phase(comm),
+            comm_phases=new_state.comm,
         )
         return new_state, record
 

@@ -52,9 +52,22 @@ class IterationRecord:
         return out
 
 
-def counts_by_phase(comm) -> dict:
-    """Cumulative collectives and bytes per phase, as plain numbers."""
-    from hessfree.comm import Phase
+PHASES = ("gradient", "curvature", "line_search", "other")
 
-    counts = comm.counts()
-    return {p.value: {"calls": counts[p].collectives, "bytes": counts[p].bytes} for p in Phase}
+
+def zero_counts() -> dict:
+    """Per-phase collectives and bytes, all zero: ``{phase: {"calls": 0, "bytes": 0}}``."""
+    return {p: {"calls": 0, "bytes": 0} for p in PHASES}
+
+
+def add_counts(base: dict, delta) -> dict:
+    """``base`` plus a ``CommCounts`` difference (the collectives of one step)."""
+    return {p: {"calls": base[p]["calls"] + delta[p].collectives, "bytes": base[p]["bytes"] + delta[p].bytes} for p in PHASES}
+
+
+def total_calls(counts: dict) -> int:
+    return sum(c["calls"] for c in counts.values())
+
+
+def total_bytes(counts: dict) -> int:
+    return sum(c["bytes"] for c in counts.values())

@@ -25,7 +25,7 @@ from hessfree.errors import DivergedError
 from hessfree.models.base import Model
 from hessfree.train.batches import epoch_permutation, local_positions
 from hessfree.train.config import Method, TrainConfig
-from hessfree.train.records import IterationRecord, counts_by_phase
+from hessfree.train.records import IterationRecord, add_counts, total_bytes, total_calls, zero_counts
 
 
 @attrs.frozen(kw_only=True)
@@ -36,12 +36,11 @@ class SGDState:
     updates: int = 0
     rejected: int = 0  # consecutive skipped (non-finite) updates
     samples: int = 0
-    comm_calls: int = 0
-    comm_bytes: int = 0
+    comm: dict = attrs.field(factory=zero_counts)  # cumulative collectives/bytes per phase (steps only)
     time_s: float = 0.0
 
 
-_SGD_SCALARS = ("iteration", "updates", "rejected", "samples", "comm_calls", "comm_bytes", "time_s")
+_SGD_SCALARS = ("iteration", "updates", "rejected", "samples", "comm", "time_s")
 
 
 def sgd_state_payload(state: SGDState) -> tuple[dict, dict]:
@@ -102,6 +101,7 @@ class SGDTrainer:
         return float(f), float(total[1] / self.n_train), test
 
     def step(self, state: SGDState) -> tuple[SGDState, IterationRecord]:
+        counts0 = self.comm.counts()
         t0 = time.perf_counter()
         theta, velocity = state.theta.copy(), state.velocity.copy()
         perm = epoch_permutation(self.config.seed, state.iteration, self.n_train)
@@ -127,7 +127,6 @@ class SGDTrainer:
         t1 = time.perf_counter()
         with self.comm.phase(Phase.OTHER):
             loss, train_error, test_error = self.evaluate(theta)
-        counts = self.comm.counts().total
         samples = state.samples + self.updates_per_epoch * self.batch_size
         new = attrs.evolve(
             state,
@@ -138,12 +137,13 @@ class SGDTrainer:
             rejected=rejected,
             samples=samples,
             time_s=state.time_s + time.perf_counter() - t0,
+            comm=add_counts(state.comm, self.comm.counts() - counts0),
         )
         record = IterationRecord(
             iteration=new.updates,
             epochs=samples / self.n_train,
-            comm_calls=state.comm_calls + counts.collectives,
-            comm_bytes=state.comm_bytes + counts.bytes,
+            comm_calls=total_calls(new.comm),
+            comm_bytes=total_bytes(new.comm),
             loss=loss,
             train_error=train_error,
             test_error=test_error,
@@ -151,7 +151,7 @@ class SGDTrainer:
             time_gradient_s=t1 - t0,
             step_size=lr,
             accepted=rejected == 0,
-            comm_phases=counts_by_phase(self.comm),
+            comm_phases=new.comm,
         )
         return new, record
 

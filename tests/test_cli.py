@@ -1,0 +1,163 @@
+"""``hessfree train``: options, config files, exit codes, metrics, checkpoints and resume."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hessfree.cli.main import main
+
+SMALL = ["--hidden", "16", "--batch-size", "200", "--cg-max-iter", "15", "--seed", "1"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_error_line(result) -> str:
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_default_train_runs_on_the_embedded_digits():
+    result = invoke("train", "--iterations", "2", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "digits" in result.stdout and "done: 2 iterations" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--iterations", "0"], "iterations: expected a positive integer"),
+        (["--damping", "nan"], "damping: expected a finite number"),
+        (["--damping", "-1"], "damping: expected a positive number"),
+        (["--momentum", "1.5"], "momentum"),
+        (["--hidden", "4,x"], "hidden"),
+        (["--ranks", "2", "--comm", "serial"], "ranks"),
+        (["--resume"], "resume: needs checkpoint_dir"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(args, fragment):
+    result = invoke("train", *args)
+    assert result.exit_code == 2
+    assert fragment in one_error_line(result)
+
+
+def test_click_usage_errors_exit_2():
+    assert invoke("train", "--method", "adam").exit_code == 2
+    assert invoke("train", "--no-such-flag").exit_code == 2
+
+
+def test_config_file_keys_and_flag_override(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('method = "gn-cg"\niterations = 5\nhidden = [16]\nbatch_size = 200\n[train]\ncg_max_iter = 10\n')
+    result = invoke("train", "--config", str(cfg), "--iterations", "1", "--metrics", str(tmp_path / "m.jsonl"))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(l) for l in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert lines[0]["config"]["train"]["method"] == "gn-cg"
+    assert lines[0]["config"]["train"]["iterations"] == 1  # the flag wins
+    assert lines[0]["config"]["train"]["cg_max_iter"] == 10
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("itterations = 3\n", "itterations: unknown key"),
+        ('iterations = "three"\n', "iterations"),
+        ("damping = nan\n", "damping: expected a finite number"),
+        ("damping = inf\n", "damping: expected a finite number"),
+        ("hidden = [16, 0]\n", "hidden"),
+        ("not toml at all [\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_exit_2_naming_the_key(tmp_path, text, fragment):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    result = invoke("train", "--config", str(cfg))
+    assert result.exit_code == 2
+    assert fragment in one_error_line(result)
+
+
+def test_data_errors_exit_1(tmp_path):
+    result = invoke("train", "--dataset", "mnist", "--data-dir", str(tmp_path / "missing"))
+    assert result.exit_code == 1
+    assert "mnist" in one_error_line(result)
+
+
+def test_divergence_exits_3():
+    result = invoke("train", "--method", "sgd", "--lr", "1e308", "--epochs", "3", "--quiet")
+    assert result.exit_code == 3
+    assert "diverged" in one_error_line(result)
+
+
+def test_metrics_file_format(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    result = invoke("train", "--iterations", "2", "--metrics", str(path), *SMALL)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(l) for l in path.read_text().splitlines()]
+    assert [l["kind"] for l in lines] == ["config", "iteration", "iteration", "result"]
+    assert {"versions", "backend", "ranks"} & set(lines[0]["environment"]) == {"backend", "ranks"}
+    keys = {"iteration", "epochs", "comm_calls", "comm_bytes", "loss", "train_error", "test_error", "time_s",
+            "cg_iterations", "damping", "step_size", "negative_curvature"}
+    assert keys <= set(lines[1]) and [l["iteration"] for l in lines[1:3]] == [1, 2]
+    assert lines[-1]["status"] == "ok" and lines[-1]["iterations"] == 2
+
+
+def _records(path):
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "iteration":
+            out.append({k: v for k, v in rec.items() if not k.startswith("time")})
+    return out
+
+
+@pytest.mark.parametrize("method", ["hybrid", "bicgstab", "msgd"])
+def test_resume_is_bitwise(tmp_path, method):
+    n = ["--epochs"] if method == "msgd" else ["--iterations"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--method", method, *SMALL]
+    assert invoke("train", *args, *n, "6", "--checkpoint-dir", str(one), "--metrics", str(one / "m.jsonl")).exit_code == 0
+    assert invoke("train", *args, *n, "3", "--checkpoint-dir", str(two), "--metrics", str(two / "m.jsonl")).exit_code == 0
+    result = invoke("train", *args, *n, "6", "--checkpoint-dir", str(two), "--metrics", str(two / "m.jsonl"), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resumed from iteration 3" in result.stdout
+    a = np.load(one / "state-00000006.npz", allow_pickle=False)
+    b = np.load(two / "state-00000006.npz", allow_pickle=False)
+    assert set(a.files) == set(b.files)
+    for name in a.files:
+        assert np.array_equal(a[name], b[name]), name
+    ra, rb = _records(one / "m.jsonl"), _records(two / "m.jsonl")
+    assert [r["iteration"] for r in rb][3:] == [r["iteration"] for r in ra][3:]
+    assert ra == rb
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    ck = tmp_path / "ck"
+    assert invoke("train", *SMALL, "--iterations", "1", "--checkpoint-dir", str(ck)).exit_code == 0
+    result = invoke("train", *SMALL, "--iterations", "2", "--checkpoint-dir", str(ck), "--resume", "--damping", "2")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "different configuration" in line and "damping" in line
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    ck = tmp_path / "ck"
+    assert invoke("train", *SMALL, "--iterations", "2", "--checkpoint-dir", str(ck)).exit_code == 0
+    newest = ck / "state-00000002.npz"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    result = invoke("train", *SMALL, "--iterations", "3", "--checkpoint-dir", str(ck), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "warning: skipping corrupt checkpoint" in result.stderr
+    assert "resumed from iteration 1" in result.stdout
+
+
+def test_threads_backend_from_the_cli():
+    result = invoke("train", "--comm", "threads", "--ranks", "2", "--iterations", "2", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "2 rank(s) (ThreadComm)" in result.stdout
