@@ -1,0 +1,347 @@
+"""Predicted time, collectives and bytes per iteration and per epoch, per method.
+
+Data-parallel HF, one outer iteration on P ranks (d parameters, s bytes per value,
+n training samples, curvature batch b, K Krylov iterations of 1 or 2 products, L
+objective evaluations in backtracking + line search; ⌈·⌉ because the slowest rank sets
+the pace):
+
+=============  ==============================================  =====================
+phase          compute on each rank                            collectives (bytes)
+=============  ==============================================  =====================
+gradient       gradient on ⌈n/P⌉ rows                          1 allreduce ((d+1)·s)
+solve          forward of ⌈b/P⌉ rows (+ δ_l once for H·v),     K·q allreduces (d·s)
+               K·q products on ⌈b/P⌉ rows                      q = 2 for Bi-CG-STAB
+line search    L forward passes on ⌈n/P⌉ rows                  L scalar allreduces (16)
+other          test-set forward on ⌈n_test/P⌉ rows             1 scalar allreduce (8),
+                                                               only with a test set
+=============  ==============================================  =====================
+
+Data-parallel SGD: an update is a gradient on ⌈b/P⌉ rows and 1 allreduce of (d+1)·s
+bytes; an epoch is ⌊n/b⌋ updates plus one evaluation (train and test forward passes,
+1 scalar allreduce of 24 bytes). These are exactly the collectives the trainers issue,
+so :meth:`CostModel.hf_counts` / :meth:`CostModel.sgd_counts` equal the metering
+layer's counts of real runs (tested for every method, backend and P ∈ {1, 2, 3}).
+
+Model-parallel SGD (the weights of each layer split by output unit over P nodes; every
+node sees the whole mini-batch): per mini-batch the forward pass all-gathers each layer's
+activations, b·d_i values for i = 1..L (the output too: the softmax needs whole rows),
+and the backward pass sums the partial products δ_l·W_lᵀ over nodes, b·d_i values for
+i = 1..L−1 (δ_L is computed from the gathered outputs, so nothing is exchanged for it).
+Exactly, per epoch of ⌊n/b⌋ mini-batches: ⌊n/b⌋·b·(2·Σ_{i<L} d_i + d_L) values and
+⌊n/b⌋·(2L − 1) synchronizations. The paper prints ≈ 2·n·Σ_{i≤L} d_i values and
+2·L·n/b synchronizations: it also counts a backward exchange at the output layer
+(n·d_L values and n/b synchronizations more) and does not round n/b down
+(:func:`model_parallel_paper` and :func:`model_parallel_exact`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from hessfree.comm.base import CommCounts, PhaseCounts
+from hessfree.cost._checks import count
+from hessfree.cost.compute import NodeSpec, Work, check_layers, n_params
+from hessfree.cost.network import Collective, Network
+from hessfree.errors import ConfigError
+
+
+class CostMethod(enum.Enum):
+    """Methods the model predicts (the trainer's names, plus model-parallel SGD)."""
+
+    SGD = "sgd"
+    MSGD = "msgd"
+    SGD_MODEL_PARALLEL = "sgd-mp"
+    GN_CG = "gn-cg"
+    HESS_CG = "hess-cg"
+    BICGSTAB = "bicgstab"
+    HYBRID = "hybrid"
+
+    @property
+    def is_hessian_free(self) -> bool:
+        return self in (CostMethod.GN_CG, CostMethod.HESS_CG, CostMethod.BICGSTAB, CostMethod.HYBRID)
+
+    @property
+    def products_per_step(self) -> int:
+        """Curvature products per Krylov iteration: 2 for Bi-CG-STAB, else 1."""
+        return 2 if self is CostMethod.BICGSTAB else 1
+
+    @property
+    def product(self) -> Work:
+        """Gauss-Newton for gn-cg; the exact Hessian otherwise (hybrid: its usual case)."""
+        return Work.GV if self is CostMethod.GN_CG else Work.HV
+
+
+class Blocks(enum.Enum):
+    """How a pass over a rank's whole shard (gradient, line search) is blocked.
+
+    ``chunk``: in blocks of the node's ``chunk_rows`` (hessfree's models);
+    ``batch``: in blocks of the rank's share b/P of the batch (the paper's implementation,
+    where the full-data passes run mini-batch by mini-batch).
+    """
+
+    CHUNK = "chunk"
+    BATCH = "batch"
+
+
+def _enum(kind):
+    def convert(value):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"expected one of {', '.join(m.value for m in kind)}, found {value!r}") from None
+
+    return convert
+
+
+def _count_field(instance, attribute, value) -> None:
+    count(attribute.name, value)
+
+
+def _count0_field(instance, attribute, value) -> None:
+    count(attribute.name, value, minimum=0)
+
+
+@attrs.frozen(kw_only=True)
+class Prediction:
+    """One (method, batch, nodes) row of a what-if table. Times in seconds.
+
+    An *iteration* is one HF outer iteration or one SGD update. ``epochs_per_iteration``
+    counts samples pushed through the network, as the trainer's records do (HF:
+    (n·(1+L) + b·(1+products)) / n; SGD: b / n), and the per-epoch numbers divide by it
+    (SGD's epoch adds its evaluation pass).
+    """
+
+    method: str
+    batch: int
+    nodes: int
+    time_gradient_s: float
+    time_solve_s: float
+    time_line_search_s: float
+    time_other_s: float
+    time_per_iteration_s: float
+    compute_s: float
+    communication_s: float
+    collectives_per_iteration: int
+    bytes_per_iteration: int
+    epochs_per_iteration: float
+    time_per_epoch_s: float
+    collectives_per_epoch: float
+    bytes_per_epoch: float
+    krylov_iterations: int = 0
+    curvature_products: int = 0
+    line_search_evals: int = 0
+    speedup: float = math.nan
+    efficiency: float = math.nan
+
+    def as_dict(self) -> dict:
+        out = attrs.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+        return out
+
+    @property
+    def solve_share(self) -> float:
+        return self.time_solve_s / self.time_per_iteration_s if self.time_per_iteration_s else 0.0
+
+
+def model_parallel_exact(layers: Sequence[int], samples: int, batch: int) -> tuple[int, int]:
+    """(values exchanged, synchronizations) per epoch of model-parallel SGD, exactly."""
+    d = check_layers(layers)
+    n, b = count("samples", samples), count("batch", batch)
+    updates = max(1, n // min(b, n))
+    b = min(b, n)
+    L = len(d) - 1
+    per_batch = b * (2 * sum(d[1:L]) + d[L])
+    return updates * per_batch, updates * (2 * L - 1)
+
+
+def model_parallel_paper(layers: Sequence[int], samples: int, batch: int) -> tuple[float, float]:
+    """The paper's approximation: 2·(n/b)·b·Σ_{i=1..L} d_i values, 2·L·n/b synchronizations."""
+    d = check_layers(layers)
+    n, b = count("samples", samples), count("batch", batch)
+    L = len(d) - 1
+    return 2.0 * (n / b) * b * sum(d[1:]), 2.0 * L * n / b
+
+
+@attrs.frozen(kw_only=True)
+class CostModel:
+    """The network d_0..d_L on ``samples`` training (and ``test_samples`` test) samples,
+    run on nodes of ``node`` speed connected by ``network`` with ``collective`` allreduces."""
+
+    layers: tuple[int, ...] = attrs.field(converter=check_layers)
+    samples: int = attrs.field(validator=_count_field)
+    node: NodeSpec = attrs.field(validator=attrs.validators.instance_of(NodeSpec))
+    network: Network = attrs.field(validator=attrs.validators.instance_of(Network))
+    collective: Collective = attrs.field(default=Collective.RING, converter=_enum(Collective))
+    test_samples: int = attrs.field(default=0, validator=_count0_field)
+    blocks: Blocks = attrs.field(default=Blocks.CHUNK, converter=_enum(Blocks))
+
+    @property
+    def n_params(self) -> int:
+        return n_params(self.layers)
+
+    @property
+    def itemsize(self) -> int:
+        return self.node.itemsize
+
+    # ------------------------------------------------------------------ counts
+    def hf_counts(self, curvature_products: int, line_search_evals: int) -> CommCounts:
+        """The collectives of one HF iteration that did these products and evaluations."""
+        q, L = count("curvature_products", curvature_products, 0), count("line_search_evals", line_search_evals, 0)
+        d, s = self.n_params, self.itemsize
+        other = PhaseCounts(allreduce_scalars=1, bytes=8) if self.test_samples else PhaseCounts()
+        return CommCounts(
+            gradient=PhaseCounts(allreduce=1, bytes=(d + 1) * s),
+            curvature=PhaseCounts(allreduce=q, bytes=q * d * s),
+            line_search=PhaseCounts(allreduce_scalars=L, bytes=16 * L),
+            other=other,
+        )
+
+    def sgd_counts(self, updates: int, evaluations: int = 0) -> CommCounts:
+        """The collectives of ``updates`` data-parallel SGD updates and ``evaluations``
+        end-of-epoch evaluations (one per epoch)."""
+        u, e = count("updates", updates, 0), count("evaluations", evaluations, 0)
+        d, s = self.n_params, self.itemsize
+        return CommCounts(
+            gradient=PhaseCounts(allreduce=u, bytes=u * (d + 1) * s),
+            other=PhaseCounts(allreduce_scalars=e, bytes=24 * e),
+        )
+
+    def updates_per_epoch(self, batch: int) -> int:
+        return max(1, self.samples // min(count("batch", batch), self.samples))
+
+    # ------------------------------------------------------------------ time pieces
+    def _allreduce(self, nodes: int, nbytes: float) -> float:
+        return self.network.allreduce(nodes, nbytes, self.collective)
+
+    def _share(self, rows: int, nodes: int) -> int:
+        return -(-rows // nodes)
+
+    def _full_pass(self, kind: Work, batch: int, nodes: int, rows: int) -> float:
+        block = self._share(batch, nodes) if self.blocks is Blocks.BATCH else None
+        return self.node.time(self.layers, self._share(rows, nodes), kind, block)
+
+    # ------------------------------------------------------------------ predictions
+    def predict(
+        self,
+        method: CostMethod | str,
+        batch: int,
+        nodes: int,
+        *,
+        krylov_iterations: int = 10,
+        line_search_evals: int = 3,
+    ) -> Prediction:
+        """Time, collectives and bytes of one iteration of ``method`` at this batch and P."""
+        method = _enum(CostMethod)(method)
+        batch, nodes = count("batch", batch), count("nodes", nodes)
+        batch = min(batch, self.samples)
+        if method.is_hessian_free:
+            return self._predict_hf(method, batch, nodes, count("krylov_iterations", krylov_iterations, 0),
+                                    count("line_search_evals", line_search_evals, 0))
+        if method is CostMethod.SGD_MODEL_PARALLEL:
+            return self._predict_model_parallel(batch, nodes)
+        return self._predict_sgd(method, batch, nodes)
+
+    def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, L: int) -> Prediction:
+        d, s, n = self.n_params, self.itemsize, self.samples
+        q = K * method.products_per_step
+        b_local = self._share(b, P)
+        grad_compute = self._full_pass(Work.GRADIENT, b, P, n)
+        grad_comm = self._allreduce(P, (d + 1) * s)
+        solve_compute = self.node.time(self.layers, b_local, Work.FORWARD)
+        if method.product is Work.HV:
+            solve_compute += self.node.time(self.layers, b_local, Work.DELTAS)
+        solve_compute += q * self.node.time(self.layers, b_local, method.product)
+        solve_comm = q * self._allreduce(P, d * s)
+        ls_compute = L * self._full_pass(Work.FORWARD, b, P, n)
+        ls_comm = L * self._allreduce(P, 16)
+        other_compute = self._full_pass(Work.FORWARD, b, P, self.test_samples) if self.test_samples else 0.0
+        other_comm = self._allreduce(P, 8) if self.test_samples else 0.0
+        counts = self.hf_counts(q, L).total
+        compute = grad_compute + solve_compute + ls_compute + other_compute
+        comm = grad_comm + solve_comm + ls_comm + other_comm
+        total = compute + comm
+        epochs = (n * (1 + L) + b * (1 + q)) / n
+        return Prediction(
+            method=method.value, batch=b, nodes=P,
+            time_gradient_s=grad_compute + grad_comm, time_solve_s=solve_compute + solve_comm,
+            time_line_search_s=ls_compute + ls_comm, time_other_s=other_compute + other_comm,
+            time_per_iteration_s=total, compute_s=compute, communication_s=comm,
+            collectives_per_iteration=counts.collectives, bytes_per_iteration=counts.bytes,
+            epochs_per_iteration=epochs, time_per_epoch_s=total / epochs,
+            collectives_per_epoch=counts.collectives / epochs, bytes_per_epoch=counts.bytes / epochs,
+            krylov_iterations=K, curvature_products=q, line_search_evals=L,
+        )
+
+    def _epoch_evaluation(self, P: int) -> tuple[float, float]:
+        compute = self.node.time(self.layers, self._share(self.samples, P), Work.FORWARD)
+        if self.test_samples:
+            compute += self.node.time(self.layers, self._share(self.test_samples, P), Work.FORWARD)
+        return compute, self._allreduce(P, 24)
+
+    def _predict_sgd(self, method: CostMethod, b: int, P: int) -> Prediction:
+        d, s, n = self.n_params, self.itemsize, self.samples
+        compute = self.node.time(self.layers, self._share(b, P), Work.GRADIENT)
+        comm = self._allreduce(P, (d + 1) * s)
+        U = self.updates_per_epoch(b)
+        eval_compute, eval_comm = self._epoch_evaluation(P)
+        epoch = self.sgd_counts(U, 1).total
+        per = self.sgd_counts(1).total
+        total = compute + comm
+        return Prediction(
+            method=method.value, batch=b, nodes=P,
+            time_gradient_s=total, time_solve_s=0.0, time_line_search_s=0.0, time_other_s=0.0,
+            time_per_iteration_s=total, compute_s=compute, communication_s=comm,
+            collectives_per_iteration=per.collectives, bytes_per_iteration=per.bytes,
+            epochs_per_iteration=b / n, time_per_epoch_s=U * total + eval_compute + eval_comm,
+            collectives_per_epoch=epoch.collectives, bytes_per_epoch=epoch.bytes,
+        )
+
+    def _predict_model_parallel(self, b: int, P: int) -> Prediction:
+        """Compute split P ways (GEMMs narrowed by P, efficiency still at b rows)."""
+        d, s, n = self.layers, self.itemsize, self.samples
+        L = len(d) - 1
+        compute = self.node.time(self.layers, b, Work.GRADIENT) / P
+        gathers = sum(self.network.allgather(P, b * d[i] * s) for i in range(1, L + 1))
+        reduces = sum(self._allreduce(P, b * d[i] * s) for i in range(1, L))
+        comm = gathers + reduces
+        values, syncs = model_parallel_exact(d, n, b)
+        U = self.updates_per_epoch(b)
+        eval_compute, eval_comm = self._epoch_evaluation(1)
+        total = compute + comm
+        return Prediction(
+            method=CostMethod.SGD_MODEL_PARALLEL.value, batch=b, nodes=P,
+            time_gradient_s=total, time_solve_s=0.0, time_line_search_s=0.0, time_other_s=0.0,
+            time_per_iteration_s=total, compute_s=compute, communication_s=comm,
+            collectives_per_iteration=(2 * L - 1) if P > 1 else 0,
+            bytes_per_iteration=(values // U) * s if P > 1 else 0,
+            epochs_per_iteration=b / n, time_per_epoch_s=U * total + eval_compute / P + eval_comm,
+            collectives_per_epoch=syncs if P > 1 else 0, bytes_per_epoch=values * s if P > 1 else 0,
+        )
+
+    def table(
+        self,
+        methods: Iterable[CostMethod | str],
+        batches: Iterable[int],
+        nodes: Iterable[int],
+        *,
+        krylov_iterations: int = 10,
+        line_search_evals: int = 3,
+    ) -> list[Prediction]:
+        """Predictions for every (method, batch, nodes), with speed-up T(1)/T(P) and
+        parallel efficiency speed-up/P (P = 1 is computed for the baseline if absent)."""
+        rows = []
+        for method in methods:
+            for b in batches:
+                kw = dict(krylov_iterations=krylov_iterations, line_search_evals=line_search_evals)
+                base = self.predict(method, b, 1, **kw).time_per_iteration_s
+                for P in nodes:
+                    p = self.predict(method, b, P, **kw)
+                    speedup = base / p.time_per_iteration_s if p.time_per_iteration_s > 0 else math.nan
+                    rows.append(attrs.evolve(p, speedup=speedup, efficiency=speedup / P))
+        return rows
