@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import tomllib
-from pathlib import Path
 
 import click
 

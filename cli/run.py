@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 from typing import Callable
 
 from hessfree import checkpoint

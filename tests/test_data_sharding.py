@@ -1,11 +1,10 @@
 """Sharding and the curvature mini-batch schedule: pure functions of global sizes."""
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hessfree.data import CurvatureSchedule, ShardInfo, ShardMode, shard_indices, shard_range, strided_range
+from hessfree.data import ShardInfo, ShardMode, shard_indices, shard_range, strided_range
 from hessfree.data.sharding import balanced_count, check_shardable, restrict
 from hessfree.errors import ConfigError, DataError
 
@@ -58,61 +57,3 @@ def test_fewer_samples_than_ranks_fails_on_every_rank():
        lo=st.integers(-5, 130), width=st.integers(0, 60))
 def test_restrict_matches_a_filter(rows, lo, width):
     assert list(restrict(rows, lo, lo + width)) == [i for i in rows if lo <= i < lo + width]
-
-
-@st.composite
-def schedules(draw):
-    size = draw(st.integers(1, 7))
-    n = draw(st.integers(size, 300))
-    b = draw(st.integers(1, n))
-    return CurvatureSchedule(n, b, size, draw(modes))
-
-
-@settings(deadline=None)
-@given(sched=schedules(), k=st.integers(0, 10**12))
-def test_schedule_batch_sizes_sum_to_b_and_are_owned(sched, k):
-    parts = [sched.global_indices(k, r) for r in range(sched.size)]
-    sizes_ = [p.size for p in parts]
-    assert sum(sizes_) == sched.batch_size
-    assert max(sizes_) - min(sizes_) <= 1
-    for r, part in enumerate(parts):
-        owned = set(shard_indices(sched.n_global, r, sched.size, sched.mode))
-        assert set(part.tolist()) <= owned  # a rank computes only on its own samples
-        assert len(set(part.tolist())) == part.size  # no sample twice in one batch
-    batch = sched.global_batch(k)
-    assert np.array_equal(batch, np.concatenate(parts))
-    # pure function: a fresh, equal schedule (another rank's copy) gives the same batch
-    twin = CurvatureSchedule(sched.n_global, sched.batch_size, sched.size, sched.mode)
-    assert np.array_equal(twin.global_batch(k), batch)
-
-
-@settings(deadline=None)
-@given(sched=schedules())
-def test_schedule_cycles_through_every_owned_sample(sched):
-    for r in range(sched.size):
-        n_r, b_r = sched.shard_size(r), sched.local_batch_size(r)
-        if b_r == 0:
-            continue
-        rounds = -(-n_r // b_r)
-        seen = np.concatenate([sched.local_indices(k, r) for k in range(rounds)])
-        assert set(seen.tolist()) == set(range(n_r))
-        # consecutive windows continue where the previous one stopped (Martens' in-order cycling)
-        assert np.array_equal(sched.local_indices(1, r), (sched.local_indices(0, r) + b_r) % n_r)
-
-
-def test_schedule_example_contiguous():
-    sched = CurvatureSchedule(n_global=10, batch_size=4, size=2)
-    # shards [0..4] and [5..9]; each rank computes 2 samples per batch, wrapping in its shard
-    assert sched.global_batch(0).tolist() == [0, 1, 5, 6]
-    assert sched.global_batch(2).tolist() == [4, 0, 9, 5]
-
-
-@pytest.mark.parametrize("args", [(10, 11, 1), (10, 0, 1), (3, 2, 4), (10, 2, 0)])
-def test_schedule_rejects_impossible_layouts(args):
-    with pytest.raises((ConfigError, DataError)):
-        CurvatureSchedule(*args)
-
-
-def test_schedule_rejects_negative_iteration():
-    with pytest.raises(ConfigError):
-        CurvatureSchedule(10, 2).local_indices(-1, 0)

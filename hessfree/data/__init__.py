@@ -11,7 +11,6 @@ from hessfree.data.fetch import FetchAction, FetchedFile, FetchReport, fetch_dat
 from hessfree.data.idx import IdxHeader, read_idx_header, read_idx_rows
 from hessfree.data.loader import DatasetName, check_fits, dataset_info, load_dataset, open_source
 from hessfree.data.sharding import (
-    CurvatureSchedule,
     EvalSplit,
     ShardInfo,
     ShardMode,
@@ -24,7 +23,6 @@ from hessfree.data.source import DatasetInfo
 from hessfree.data.synthetic import TeacherConfig
 
 __all__ = [
-    "CurvatureSchedule",
     "Dataset",
     "DatasetInfo",
     "DatasetName",

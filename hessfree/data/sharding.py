@@ -17,7 +17,6 @@ import enum
 import operator
 
 import attrs
-import numpy as np
 
 from hessfree.errors import ConfigError, DataError
 
@@ -176,69 +175,3 @@ class ShardInfo:
             shard_indices(n_test, rank, size, mode),
             evaluation,
         )
-
-
-def _positive_int(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attribute.name}: expected an integer >= 1, found {value!r}")
-
-
-@attrs.frozen
-class CurvatureSchedule:
-    """Which samples form the curvature mini-batch of outer iteration ``k``.
-
-    Martens cycles through the data in order, one batch per HF iteration, wrapping around.
-    Here every rank owns a shard of ``n_r`` samples and computes its part of the global
-    batch of ``b`` samples on its own data only, so per-rank memory stays O(shard):
-
-    * rank ``r`` contributes ``b_r = ⌊b/P⌋ + [r < b mod P]`` samples (the ``b_r`` differ by
-      at most one and sum to ``b``);
-    * its batch ``k`` is the window of ``b_r`` consecutive positions of its shard starting
-      at ``k·b_r``, taken modulo ``n_r`` (wrapping around the end of the shard).
-
-    Because the shard sizes ``n_r`` follow the same "first ranks get one more" rule,
-    ``b <= n`` implies ``b_r <= n_r``: a window never repeats a sample, and after
-    ``⌈n_r / b_r⌉`` iterations a rank has used each of its samples. The global batch is
-    the union of the ranks' windows, and it is a pure function of (k, n, b, P, mode): the
-    same on every rank.
-    """
-
-    n_global: int = attrs.field(validator=_positive_int)
-    batch_size: int = attrs.field(validator=_positive_int)
-    size: int = attrs.field(default=1, validator=_positive_int)
-    mode: ShardMode = attrs.field(
-        default=ShardMode.CONTIGUOUS, validator=attrs.validators.instance_of(ShardMode)
-    )
-
-    def __attrs_post_init__(self) -> None:
-        check_shardable(self.n_global, self.size, "curvature schedule")
-        if self.batch_size > self.n_global:
-            raise ConfigError(
-                f"curvature batch size: expected at most the {self.n_global} training samples, "
-                f"found {self.batch_size}"
-            )
-
-    def local_batch_size(self, rank: int) -> int:
-        """``b_r``: how many samples of batch ``k`` rank ``rank`` computes (any ``k``)."""
-        return balanced_count(self.batch_size, rank, self.size)
-
-    def shard_size(self, rank: int) -> int:
-        """``n_r``: how many training samples rank ``rank`` owns."""
-        return balanced_count(self.n_global, rank, self.size)
-
-    def local_indices(self, k: int, rank: int) -> np.ndarray:
-        """Positions within rank ``rank``'s shard (0..n_r-1) of its part of batch ``k``."""
-        k = _check_int("iteration k", k, 0)
-        b_r = self.local_batch_size(rank)
-        n_r = self.shard_size(rank)
-        start = (k * b_r) % n_r  # Python ints: no overflow however large k grows
-        return (start + np.arange(b_r, dtype=np.int64)) % n_r
-
-    def global_indices(self, k: int, rank: int) -> np.ndarray:
-        """Global training-set indices of rank ``rank``'s part of batch ``k``."""
-        rows = shard_indices(self.n_global, rank, self.size, self.mode)
-        return rows.start + rows.step * self.local_indices(k, rank)
-
-    def global_batch(self, k: int) -> np.ndarray:
-        """Global indices of the whole batch ``k`` (the ranks' parts in rank order)."""
-        return np.concatenate([self.global_indices(k, r) for r in range(self.size)])

@@ -25,8 +25,6 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from typing import Sequence
-
 import attrs
 import numpy as np
 
@@ -483,7 +481,7 @@ class ForwardCache:
     @_quiet_float_errors
     def _ensure_deltas(self) -> None:
         """δ_l for every hidden layer (the exact Hessian needs them; computed once)."""
-        model, code, L = self.model, self.model.activation.code, self.model.n_layers
+        code, L = self.model.activation.code, self.model.n_layers
         for ch in self.chunks:
             if ch.deltas is not None:
                 continue
@@ -497,7 +495,7 @@ class ForwardCache:
 
     def _r_forward(self, ch: _Chunk, V, n: int) -> tuple[list, list]:
         """R(z_l) and R(a_l) for every layer of one chunk (views of the workspace)."""
-        model, L, code = self.model, self.model.n_layers, self.model.activation.code
+        L, code = self.model.n_layers, self.model.activation.code
         rz = [None] + [buf[:n] for buf in self._rz[1:]]
         ra = [None] + [buf[:n] for buf in self._ra[1:]]
         g2 = [None] + [buf[:n] for buf in self._g2[1:]]

@@ -306,7 +306,7 @@ class HessianFreeTrainer:
 
     # ------------------------------------------------------------------ one iteration
     def step(self, state: HFState) -> tuple[HFState, IterationRecord]:
-        cfg, comm = self.config, self.comm
+        comm = self.comm
         counts0 = comm.counts()
         t0 = time.perf_counter()
         with comm.phase(Phase.GRADIENT):

@@ -24,7 +24,7 @@ import numpy as np
 from hessfree.data import ShardMode, load_dataset
 from hessfree.errors import ConfigError
 from hessfree.models import MLP
-from hessfree.train.config import Method, TrainConfig, _enum, _count, _non_negative, _positive, _seed
+from hessfree.train.config import TrainConfig, _count, _enum, _non_negative, _positive
 
 
 class Backend(enum.Enum):
