@@ -62,7 +62,7 @@ def _build_model(o: dict):
     preset = network_preset(o["preset"]) if o["preset"] else None
     if layers is None:
         layers = list(preset.layers) if preset else [784, 400, 10]
-    samples = o["samples"] or (preset.samples if preset else 60_000)
+    samples = o["samples"] if o["samples"] is not None else (preset.samples if preset else 60_000)
     test = o["test_samples"] if o["test_samples"] is not None else (preset.test_samples if preset else 0)
     if samples < 1 or test < 0:
         raise ConfigError("--samples must be ≥ 1 and --test-samples ≥ 0")

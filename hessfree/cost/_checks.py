@@ -41,3 +41,14 @@ def count(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name}: expected an integer ≥ {minimum}, found {value!r}")
     return int(value)
+
+
+def real(name: str):
+    """attrs converter: a real number (not bool, not str) to float, else ConfigError."""
+
+    def convert(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise ConfigError(f"{name}: expected a number, found {value!r}")
+        return float(value)
+
+    return convert

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 import numpy as np
 
-from hessfree.cost._checks import count, positive, positive_or_inf
+from hessfree.cost._checks import count, positive, positive_or_inf, real
 from hessfree.errors import ConfigError
 
 #: (rows × inner) · (inner × cols), left operand stored transposed
@@ -183,9 +183,9 @@ class NodeSpec:
     (hessfree's models: ``chunk_size`` = 8192).
     """
 
-    flops: float = attrs.field(converter=float, validator=positive)
+    flops: float = attrs.field(converter=real("flops"), validator=positive)
     efficiency: Mapping = attrs.field(factory=lambda: EfficiencyCurve.constant(), converter=_curves)
-    memory_bandwidth: float = attrs.field(default=math.inf, converter=float, validator=positive_or_inf)
+    memory_bandwidth: float = attrs.field(default=math.inf, converter=real("memory_bandwidth"), validator=positive_or_inf)
     itemsize: int = attrs.field(default=8)
     chunk_rows: int = attrs.field(default=8192)
 

@@ -24,7 +24,7 @@ import math
 
 import attrs
 
-from hessfree.cost._checks import count, finite_number, non_negative, positive
+from hessfree.cost._checks import count, finite_number, non_negative, real
 
 
 class Collective(enum.Enum):
@@ -44,8 +44,8 @@ def log2_ceil(size: int) -> int:
 class Network:
     """Latency α (s) and inverse bandwidth β (s/byte) between any pair of nodes."""
 
-    latency: float = attrs.field(converter=float, validator=non_negative)
-    inverse_bandwidth: float = attrs.field(converter=float, validator=non_negative)
+    latency: float = attrs.field(converter=real("latency"), validator=non_negative)
+    inverse_bandwidth: float = attrs.field(converter=real("inverse_bandwidth"), validator=non_negative)
 
     @classmethod
     def from_bandwidth(cls, latency: float, bandwidth: float) -> "Network":
