@@ -235,21 +235,25 @@ class CostModel:
         *,
         krylov_iterations: int = 10,
         line_search_evals: int = 3,
+        curvature_products: int | None = None,
     ) -> Prediction:
-        """Time, collectives and bytes of one iteration of ``method`` at this batch and P."""
+        """Time, collectives and bytes of one iteration of ``method`` at this batch and P.
+
+        HF does ``krylov_iterations`` × (1 or 2) curvature products, unless
+        ``curvature_products`` gives the number directly (e.g. a real run's record)."""
         method = _enum(CostMethod)(method)
         batch, nodes = count("batch", batch), count("nodes", nodes)
         batch = min(batch, self.samples)
         if method.is_hessian_free:
-            return self._predict_hf(method, batch, nodes, count("krylov_iterations", krylov_iterations, 0),
-                                    count("line_search_evals", line_search_evals, 0))
+            K = count("krylov_iterations", krylov_iterations, 0)
+            q = K * method.products_per_step if curvature_products is None else count("curvature_products", curvature_products, 0)
+            return self._predict_hf(method, batch, nodes, K, q, count("line_search_evals", line_search_evals, 0))
         if method is CostMethod.SGD_MODEL_PARALLEL:
             return self._predict_model_parallel(batch, nodes)
         return self._predict_sgd(method, batch, nodes)
 
-    def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, L: int) -> Prediction:
+    def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, q: int, L: int) -> Prediction:
         d, s, n = self.n_params, self.itemsize, self.samples
-        q = K * method.products_per_step
         b_local = self._share(b, P)
         grad_compute = self._full_pass(Work.GRADIENT, b, P, n)
         grad_comm = self._allreduce(P, (d + 1) * s)
