@@ -60,17 +60,8 @@ def gemm_flops(plan) -> int:
     return sum(2 * a[0] * a[1] * b[1] for a, b, _ in plan)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm: JIT, page faults, BLAS buffers
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def gemm_floor(plan, dtype, repeats: int, rng) -> float:
+def gemm_runner(plan, dtype, rng):
+    """A function running exactly the GEMMs of ``plan`` into preallocated outputs."""
     ops = []
     for (m, k), (k2, n), transposed in plan:
         a = rng.standard_normal((k, m) if transposed else (m, k)).astype(dtype)
@@ -81,7 +72,19 @@ def gemm_floor(plan, dtype, repeats: int, rng) -> float:
         for a, b, out in ops:
             np.matmul(a, b, out=out)
 
-    return median_time(run, repeats)
+    return run
+
+
+def paired_medians(fn, floor, repeats: int) -> tuple[float, float]:
+    """Median times of ``fn`` and ``floor``, run alternately so drifts in machine load hit both."""
+    fn(), floor()  # warm: JIT, page faults, BLAS buffers
+    a, b = [], []
+    for _ in range(repeats):
+        for f, times in ((fn, a), (floor, b)):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
 
 
 def load_mnist(directory: str | None, n: int, dtype):
@@ -124,8 +127,7 @@ def bench_one(layers, dtype, threads, args, rng) -> list[dict]:
     rows = []
     for kind, (n, fn) in cases.items():
         plan = gemm_plan(layers, n, kind)
-        t = median_time(fn, args.repeats)
-        floor = gemm_floor(plan, dtype, args.repeats, rng)
+        t, floor = paired_medians(fn, gemm_runner(plan, dtype, rng), args.repeats)
         flops = gemm_flops(plan)
         rows.append(
             dict(
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("--grad-rows", type=int, default=50_000)
     parser.add_argument("--curv-rows", type=int, default=5_000)
     parser.add_argument("--chunk", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "products.json"))

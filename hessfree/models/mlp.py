@@ -281,9 +281,9 @@ class MLP(Model):
             out = acts[l]
             np.matmul(prev, W, out=out)
             if l < self.n_layers:
-                self.kernels.bias_activation(out, b, code)
+                K.activate(out, b, code)
             else:
-                self.kernels.add_bias(out, b)
+                np.add(out, b, out=out)
             prev = out
 
     def _buffers(self, rows: int, first: int = 1) -> list[np.ndarray | None]:
