@@ -313,7 +313,7 @@ def count_errors(P, labels):
     """Number of rows whose arg-max differs from the label (first maximum wins)."""
     n, m = P.shape
     wrong = 0
-    for i in range(n):
+    for i in prange(n):  # an integer sum: the same in any order
         best = 0
         for j in range(1, m):
             if P[i, j] > P[i, best]:
@@ -323,8 +323,9 @@ def count_errors(P, labels):
     return wrong
 
 
+@numba.njit(**JIT)
 def all_finite(X):
-    """True when no element of X (any shape) is NaN or ±inf."""
+    """True when no element of X (any shape) is NaN or ±inf (validation: serial, early exit)."""
     flat = X.reshape(-1)
     for k in range(flat.size):
         if not math.isfinite(flat[k]):
@@ -341,7 +342,6 @@ _KERNELS = (
     loss_forward,
     loss_hessian_product,
     count_errors,
-    all_finite,
 )
 
 #: every kernel compiled for one thread (safe to call from several threads at once)

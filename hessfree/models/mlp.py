@@ -229,7 +229,7 @@ class MLP(Model):
         if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
             raise InputError(f"X: expected a numeric array, found dtype {X.dtype}")
         X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not K.SERIAL.all_finite(X):
+        if not K.all_finite(X):
             raise InputError(f"X: expected finite values, found NaN or inf in the {X.shape} {X.dtype} array")
         labels = targets = None
         if y is not None:
@@ -258,7 +258,7 @@ class MLP(Model):
         if y.shape != (n, self.n_outputs):
             raise InputError(f"y: expected targets of shape ({n}, {self.n_outputs}), found {y.shape}")
         y = np.ascontiguousarray(y, dtype=self.dtype)
-        if not K.SERIAL.all_finite(y):
+        if not K.all_finite(y):
             raise InputError(f"y: expected finite targets, found NaN or inf in the {y.shape} array")
         return y
 
