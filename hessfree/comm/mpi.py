@@ -13,9 +13,12 @@ every rank ends up with exactly the same array, at the price of a second step. I
 still counted as one logical allreduce.
 
 Deadline. Each collective is started in its non-blocking form (``Ireduce``, ``Ibcast``,
-``Ibarrier``) and ``Request.Test()`` is polled with a short, growing sleep (10 µs up to
-0.5 ms; the sleep also yields the core when ranks are oversubscribed) until it completes
-or ``timeout`` seconds have passed. Then CommError names the collective and its phase;
+``Ibarrier``) and ``Request.Test()`` is polled until it completes or ``timeout`` seconds
+have passed. Open MPI advances a non-blocking collective only while it is polled, so for
+the first ``_SPIN_SECONDS`` the loop spins on ``Test()``, yielding the core
+(``sched_yield``) between polls so that oversubscribed ranks still run; only a longer
+wait backs off to short, growing sleeps (10 µs up to 0.5 ms). Sleeping from the start
+made a 2.5 MB allreduce take 220 ms instead of MPI_Allreduce's 1.4 ms. Then CommError names the collective and its phase;
 the communicator is unusable afterwards. Launched as
 ``mpirun -n P python -m mpi4py -m hessfree ...``, the uncaught error (or the CLI's
 non-zero exit) makes mpi4py call ``MPI_Abort``, which ends every rank.
@@ -23,6 +26,7 @@ non-zero exit) makes mpi4py call ``MPI_Abort``, which ends every rank.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -31,6 +35,7 @@ import numpy as np
 from hessfree.comm.base import DEFAULT_TIMEOUT, Communicator
 from hessfree.errors import CommError
 
+_SPIN_SECONDS = 1.0
 _FIRST_PAUSE = 1e-5
 _MAX_PAUSE = 5e-4
 _ROOT = 0
@@ -89,6 +94,7 @@ class MPIComm(Communicator):
     # -- completion with a deadline --------------------------------------------------
     def _complete(self, request: Any, buffers: tuple[np.ndarray, ...], what: str, deadline: float) -> None:
         pause = _FIRST_PAUSE
+        spin_until = time.monotonic() + _SPIN_SECONDS
         while not request.Test():
             now = time.monotonic()
             if now >= deadline:
@@ -98,6 +104,9 @@ class MPIComm(Communicator):
                     f"rank {self._rank}: {what} timed out after {self.timeout:g} s: not every rank "
                     "joined it (a rank exited early, stalled or failed)"
                 )
+            if now < spin_until:
+                os.sched_yield()
+                continue
             time.sleep(min(pause, deadline - now))
             pause = min(2 * pause, _MAX_PAUSE)
 
