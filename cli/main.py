@@ -12,6 +12,7 @@ import tomllib
 
 import click
 
+from hessfree.cli.cost_cmd import cost_group
 from hessfree.cli.data_cmd import data_group
 from hessfree.errors import ConfigError, HessfreeError
 
@@ -74,6 +75,11 @@ TRAIN_OPTIONS = [
     click.option("--checkpoint-every", type=int, help="Save every N iterations (default 1)."),
     click.option("--resume/--no-resume", default=None, help="Continue from the checkpoint in --checkpoint-dir."),
     click.option("--quiet/--no-quiet", default=None, help="Print only the final result."),
+    click.option("--simulate", type=click.Choice(["omni-path", "ethernet-10g"]), help="Also report simulated cluster time on this interconnect."),
+    click.option("--sim-latency", type=float, help="Simulated latency α in seconds (overrides the preset)."),
+    click.option("--sim-bandwidth", type=float, help="Simulated bandwidth in bytes/s (overrides the preset)."),
+    click.option("--sim-collective", type=click.Choice(["ring", "recursive-doubling", "tree"]), help="Allreduce algorithm charged (ring)."),
+    click.option("--sim-compute-scale", type=float, help="Multiply measured compute: this machine's FLOP/s ÷ the simulated node's (1)."),
 ]
 
 
@@ -101,3 +107,4 @@ def train(config_file, **options) -> None:
 
 
 main.add_command(data_group)
+main.add_command(cost_group)

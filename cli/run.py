@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import attrs
+
 from hessfree import checkpoint
 from hessfree.comm import make_comm, run_threads, warm_numba_cache
 from hessfree.comm.factory import launched_by_mpi
@@ -22,6 +24,7 @@ def _format(record) -> str:
         f"{record.iteration:5d}  loss {record.loss:9.6f}  train {100 * record.train_error:5.2f}%  test {test}  "
         f"λ {lam}  ρ {rho}  cg {record.cg_iterations:3d}  α {record.step_size:6.3g}  "
         f"epochs {record.epochs:7.1f}  comm {record.comm_calls:6d}  {record.time_s:7.2f}s"
+        + ("" if record.sim_time_s is None else f"  sim {record.sim_time_s:8.3f}s")
         + ("  neg-curv" if record.negative_curvature else "")
     )
 
@@ -41,11 +44,23 @@ def _warm_kernels(session: Session) -> None:
     cache.hv(theta)
 
 
+def _simulated(config: RunConfig, comm):
+    """``comm`` wrapped in a simulated-cluster clock when ``--simulate`` is given."""
+    network = config.simulated_network()
+    if network is None:
+        return comm
+    from hessfree.cost import simulated_comm
+
+    return simulated_comm(comm, network, config.sim_collective, compute_scale=config.sim_compute_scale)
+
+
 def _rank_main(config: RunConfig, comm, echo: Callable[[str], None]) -> dict:
     """What every rank runs; only rank 0 echoes and writes files."""
     lead = comm.rank == 0
+    comm = _simulated(config, comm)
     session = Session(config, comm)
     warm_numba_cache(comm, lambda: _warm_kernels(session))
+    sim_zero = getattr(comm, "clock", None)  # the simulated clock starts after the JIT warm-up
     trainer = session.trainer
     total = config.train.epochs if not config.train.method.is_hessian_free else config.train.iterations
     trajectory, config_hash = config.trajectory(comm.size), config.trajectory_hash(comm.size)
@@ -56,6 +71,8 @@ def _rank_main(config: RunConfig, comm, echo: Callable[[str], None]) -> dict:
             for warning in loaded.warnings:
                 echo(f"warning: {warning}", err=True)
         state = trainer.state_from_payload(loaded.arrays, loaded.scalars)
+        if sim_zero is not None:
+            sim_zero -= loaded.scalars.get("sim_time_s") or 0.0
         if lead:
             echo(f"resumed from iteration {state.iteration} in {config.checkpoint_dir}")
     writer = None
@@ -71,6 +88,8 @@ def _rank_main(config: RunConfig, comm, echo: Callable[[str], None]) -> dict:
     status, message = "ok", ""
     try:
         for state, record in trainer.run(state, total):
+            if sim_zero is not None:
+                record = attrs.evolve(record, sim_time_s=comm.clock - sim_zero)
             last = record
             if writer:
                 writer.record(record)
@@ -78,6 +97,7 @@ def _rank_main(config: RunConfig, comm, echo: Callable[[str], None]) -> dict:
                 echo(_format(record))
             if config.checkpoint_dir and (state.iteration % config.checkpoint_every == 0 or state.iteration == total):
                 arrays, scalars = trainer.state_payload(state)
+                scalars["sim_time_s"] = record.sim_time_s
                 if lead:
                     checkpoint.save(config.checkpoint_dir, state.iteration, arrays, scalars, trajectory, config_hash)
                 comm.barrier()  # no rank runs ahead of a checkpoint being written
@@ -85,7 +105,7 @@ def _rank_main(config: RunConfig, comm, echo: Callable[[str], None]) -> dict:
         status, message = "diverged", str(exc)
     result = dict(status=status, message=message, iterations=state.iteration)
     if last is not None:
-        result.update(loss=last.loss, train_error=last.train_error, test_error=last.test_error, time_s=last.time_s,
+        result.update(sim_time_s=last.sim_time_s, loss=last.loss, train_error=last.train_error, test_error=last.test_error, time_s=last.time_s,
                       epochs=last.epochs, comm_calls=last.comm_calls, comm_bytes=last.comm_bytes)
     if writer:
         writer.close(result)

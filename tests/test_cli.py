@@ -161,3 +161,31 @@ def test_threads_backend_from_the_cli():
     result = invoke("train", "--comm", "threads", "--ranks", "2", "--iterations", "2", *SMALL)
     assert result.exit_code == 0, result.output
     assert "2 rank(s) (ThreadComm)" in result.stdout
+
+
+def test_simulated_cluster_time_in_the_metrics(tmp_path):
+    path = tmp_path / "sim.jsonl"
+    result = invoke("train", "--comm", "threads", "--ranks", "2", "--simulate", "ethernet-10g", "--iterations", "2",
+                    "--metrics", str(path), *SMALL)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(l) for l in path.read_text().splitlines() if '"iteration"' in l and '"kind": "iteration"' in l]
+    times = [r["sim_time_s"] for r in records]
+    assert len(times) == 2 and 0 < times[0] < times[1]
+    # the network part alone: every collective costs at least the latency α = 25 µs
+    assert times[1] > records[1]["comm_calls"] * 25e-6
+    plain = tmp_path / "plain.jsonl"
+    assert invoke("train", "--iterations", "1", "--metrics", str(plain), *SMALL).exit_code == 0
+    assert json.loads(plain.read_text().splitlines()[1])["sim_time_s"] is None
+
+
+def test_simulation_overrides_need_a_preset():
+    result = invoke("train", "--sim-latency", "1e-6")
+    assert result.exit_code == 2
+    assert "need simulate" in one_error_line(result)
+
+
+def test_cost_command_is_registered():
+    result = invoke("cost", "--preset", "mnist", "--batch", "1024", "--nodes", "1,2", "--method", "bicgstab", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["nodes"] for r in rows] == [1, 2]

@@ -41,6 +41,7 @@ class IterationRecord:
     direction: str = ""
     accepted: bool = True
     comm_phases: dict = attrs.field(factory=dict)
+    sim_time_s: float | None = None  # simulated cluster seconds (``--simulate``), else None
 
     def as_dict(self) -> dict:
         """JSON-ready mapping (non-finite floats become None)."""

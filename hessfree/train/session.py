@@ -88,12 +88,31 @@ class RunConfig:
     checkpoint_every: int = attrs.field(default=1, validator=_count)
     resume: bool = attrs.field(default=False, converter=bool)
     quiet: bool = attrs.field(default=False, converter=bool)
+    simulate: str | None = attrs.field(default=None, converter=_optional_path)  # interconnect preset
+    sim_latency: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
+    sim_bandwidth: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
+    sim_collective: str = attrs.field(default="ring", validator=_choice("ring", "recursive-doubling", "tree"))
+    sim_compute_scale: float = attrs.field(default=1.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.samples is not None and (isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1):
             raise ConfigError(f"samples: expected a positive integer, found {self.samples!r}")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume: needs checkpoint_dir (where to find the checkpoint)")
+        if self.simulate is None and (self.sim_latency is not None or self.sim_bandwidth is not None):
+            raise ConfigError("sim_latency/sim_bandwidth: need simulate (an interconnect preset to start from)")
+
+    def simulated_network(self):
+        """The α–β network of ``--simulate`` with any overrides, or None."""
+        if self.simulate is None:
+            return None
+        from hessfree.cost import interconnect
+        from hessfree.cost.network import Network
+
+        base = interconnect(self.simulate)
+        latency = base.latency if self.sim_latency is None else self.sim_latency
+        inverse_bandwidth = base.inverse_bandwidth if self.sim_bandwidth is None else 1.0 / self.sim_bandwidth
+        return Network(latency, inverse_bandwidth)
 
     def trajectory(self, size: int) -> dict:
         """The settings that determine the trajectory (not run length or output options)."""
