@@ -103,6 +103,8 @@ def train(config_file, **options) -> None:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_RUNTIME)
+    except Exception as exc:  # a bug, not a user error: still one line and a documented code
+        fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_RUNTIME)
     sys.exit(code)
 
 

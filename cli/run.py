@@ -135,5 +135,12 @@ def run_training(values: dict, echo: Callable[..., None]) -> int:
     else:
         comm = make_comm(backend.value, timeout=config.comm_timeout)
         lead_echo = echo if comm.rank == 0 else (lambda *a, **k: None)
-        result = _rank_main(config, comm, lead_echo)
+        try:
+            result = _rank_main(config, comm, lead_echo)
+        except BaseException as exc:
+            if comm.size > 1:  # one line from the failing rank, then end every rank at once
+                code = getattr(exc, "exit_code", 1)
+                echo(f"error: rank {comm.rank}: {exc}", err=True)
+                comm.abort(code if isinstance(code, int) and code > 0 else 1)
+            raise  # a single rank: the CLI prints the line and exits with the code
     return EXIT_DIVERGED if result["status"] == "diverged" else EXIT_OK

@@ -160,3 +160,22 @@ def test_armijo_line_search():
     assert 0 < steep.alpha < 0.2 and steep.value <= 1.0 - 0.5 * steep.alpha * 20
     never = armijo(lambda a: (math.nan, None), 1.0, -1.0, c=1e-2, shrink=0.8, max_trials=5)
     assert never.alpha == 0.0 and never.trials == 5 and not never.accepted
+
+
+def test_a_failing_mpi_job_ends_every_rank_within_seconds(tmp_path):
+    run = run_mpi(2, "train_cli.py", "train", "--comm", "mpi", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"),
+                  "--comm-timeout", "120", limit=60)
+    assert run.returncode != 0
+    assert "error: rank" in run.output and "data directory" in run.output
+    assert run.seconds < 30  # aborted, not left to the 120 s collective deadline
+
+
+def test_mpi_cli_run_writes_metrics_from_rank_0_only(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    run = run_mpi(2, "train_cli.py", "train", "--comm", "mpi", "--iterations", "2", "--hidden", "16", "--batch-size", "200",
+                  "--metrics", str(metrics), limit=120)
+    assert run.returncode == 0, run.output[-2000:]
+    lines = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert [l["kind"] for l in lines] == ["config", "iteration", "iteration", "result"]
+    assert lines[0]["environment"]["ranks"] == 2 and lines[0]["environment"]["backend"] == "MPIComm"
+    assert run.output.count("done: 2 iterations") == 1  # only rank 0 prints

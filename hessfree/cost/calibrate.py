@@ -20,7 +20,6 @@ Saved as JSON (``Calibration.save``), by default ``$XDG_CACHE_HOME/hessfree/cali
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
