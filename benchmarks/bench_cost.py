@@ -24,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from hessfree.blas import blas_threads
 from hessfree.cost import Blocks, Collective, CostModel, interconnect, network_preset, paper_node

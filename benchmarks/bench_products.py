@@ -2,10 +2,11 @@
 
 For each network, dtype and BLAS thread count this measures the median time of
 
-* ``grad``            loss + gradient on the gradient batch (default 50,000 rows),
+* ``gradient``        loss + gradient on the gradient batch (default 50,000 rows),
 * ``gv`` / ``hv``     one Gauss-Newton / exact Hessian product on a cached forward pass of
                       the curvature batch (default 5,000 rows), as inside a Krylov solve,
-* ``gv+fwd`` / ``hv+fwd``  the same product including its forward pass (no reuse),
+* ``gv+fwd`` / ``hv+fwd``  the same product including a new forward pass (and, for hv,
+                      the δ_l), on the recycled buffers of the previous one,
 
 and the median time of exactly the matrix multiplications those products perform (same
 shapes, same transpositions, preallocated outputs): the floor no dense-layer
@@ -29,35 +30,10 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from hessfree.cost.compute import gemm_flops, gemm_plan
 from hessfree.models import MLP
 
 NETWORKS = [(784, 400, 10), (784, 400, 150, 10)]
-
-
-def gemm_plan(layers, n: int, kind: str) -> list[tuple[tuple[int, int], tuple[int, int], bool]]:
-    """The GEMMs of one product as ((rows, inner), (inner, cols), left operand transposed)."""
-    L = len(layers) - 1
-    d = layers
-    fwd = [((n, d[l - 1]), (d[l - 1], d[l]), False) for l in range(1, L + 1)]
-    grad_w = [((d[l - 1], n), (n, d[l]), True) for l in range(1, L + 1)]  # a_{l−1}ᵀ·δ_l
-    prop = [((n, d[l]), (d[l], d[l - 1]), False) for l in range(2, L + 1)]  # δ_l·W_lᵀ
-    r_fwd = [((n, d[0]), (d[0], d[1]), False)] + [((n, d[l - 1]), (d[l - 1], d[l]), False) for l in range(2, L + 1) for _ in range(2)]
-    if kind == "grad":
-        return fwd + grad_w + prop
-    if kind == "gv":
-        return r_fwd + grad_w + prop
-    if kind == "hv":
-        extra_w = [((d[l - 1], n), (n, d[l]), True) for l in range(2, L + 1)]  # R(a_{l−1})ᵀ·δ_l
-        return r_fwd + grad_w + extra_w + prop + prop
-    if kind == "gv+fwd":
-        return fwd + gemm_plan(layers, n, "gv")
-    if kind == "hv+fwd":
-        return fwd + prop + gemm_plan(layers, n, "hv")  # forward, the δ_l, then the product
-    raise ValueError(kind)
-
-
-def gemm_flops(plan) -> int:
-    return sum(2 * a[0] * a[1] * b[1] for a, b, _ in plan)
 
 
 def gemm_runner(plan, dtype, rng):
@@ -117,12 +93,19 @@ def bench_one(layers, dtype, threads, args, rng) -> list[dict]:
     out = np.empty(model.n_params, dtype=dtype)
     cache = model.forward(theta, small)
     cache.hv(v, out=out)  # computes the cached δ_l once, as a solve's first product does
+    caches = [model.forward(theta, small)]
+
+    def fresh():
+        """A new forward pass, on the buffers of the previous one (as the trainer does)."""
+        caches.append(model.forward(theta, small, recycle=caches.pop()))
+        return caches[-1]
+
     cases = {
-        "grad": (args.grad_rows, lambda: model.loss_grad(theta, big)),
+        "gradient": (args.grad_rows, lambda: model.loss_grad(theta, big)),
         "gv": (args.curv_rows, lambda: cache.gv(v, out=out)),
         "hv": (args.curv_rows, lambda: cache.hv(v, out=out)),
-        "gv+fwd": (args.curv_rows, lambda: model.forward(theta, small).gv(v, out=out)),
-        "hv+fwd": (args.curv_rows, lambda: model.forward(theta, small).hv(v, out=out)),
+        "gv+fwd": (args.curv_rows, lambda: fresh().gv(v, out=out)),
+        "hv+fwd": (args.curv_rows, lambda: fresh().hv(v, out=out)),
     }
     rows = []
     for kind, (n, fn) in cases.items():

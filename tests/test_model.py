@@ -314,3 +314,21 @@ def test_parallel_kernels_give_bitwise_the_serial_results(loss):
     assert np.array_equal(serial.gv(theta, v, X, y), parallel.gv(theta, v, X, y))
     assert np.array_equal(serial.hv(theta, v, X, y), parallel.hv(theta, v, X, y))
     assert serial.error_count(theta, X, y) == parallel.error_count(theta, X, y)
+
+
+def test_recycled_cache_gives_bitwise_the_fresh_results_and_old_one_is_released():
+    rng = np.random.default_rng(7)
+    model = MLP([12, 9, 7, 4], activation="sigmoid", chunk_size=5)
+    X, y = rng.standard_normal((13, 12)), rng.integers(0, 4, 13)
+    v = rng.standard_normal(model.n_params)
+    old = model.forward(model.init_params(1), X, y)
+    old.hv(v)  # the δ_l buffers exist and are handed over too
+    theta = model.init_params(2)
+    new = model.forward(theta, X, y, recycle=old)
+    fresh = model.forward(theta, X, y)
+    assert np.array_equal(new.hv(v), fresh.hv(v)) and np.array_equal(new.gv(v), fresh.gv(v))
+    assert new.loss_sum == fresh.loss_sum
+    with pytest.raises(InputError, match="recycled"):
+        old.gv(v)
+    with pytest.raises(InputError, match="already recycled"):
+        model.forward(theta, X, y, recycle=old)

@@ -33,10 +33,11 @@ class Model(ABC):
         """Σᵢ ℓᵢ over the batch (forward pass only)."""
 
     @abstractmethod
-    def forward(self, theta, X, y=None):
+    def forward(self, theta, X, y=None, *, recycle=None):
         """The forward pass of a batch, kept for many curvature products at this θ.
 
         The returned object has ``gv(v)`` and ``hv(v)`` methods (and ``n``, the batch size).
+        ``recycle`` is a previous result whose memory may be reused (it becomes invalid).
         """
 
     def gv(self, theta, v, X, y=None) -> np.ndarray:

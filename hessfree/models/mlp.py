@@ -350,9 +350,12 @@ class MLP(Model):
             grad[:] = 0.0
         return total, grad
 
-    def forward(self, theta, X, y=None) -> "ForwardCache":
-        """Forward pass of a batch at θ, for many ``gv``/``hv`` products (θ is copied)."""
-        return ForwardCache(self, theta, self._labelled(X, y))
+    def forward(self, theta, X, y=None, *, recycle: "ForwardCache | None" = None) -> "ForwardCache":
+        """Forward pass of a batch at θ, for many ``gv``/``hv`` products (θ is copied).
+
+        ``recycle`` hands the buffers of a cache no longer needed to the new one.
+        """
+        return ForwardCache(self, theta, self._labelled(X, y), recycle)
 
     # ---------------------------------------------------------------- prediction
     def _outputs(self, theta, X):
@@ -444,15 +447,39 @@ class _Chunk:
     deltas: list | None = None  # [None, δ_1, ..., δ_{L−1}, δ_L], filled for the exact Hessian
 
 
+class _Pool:
+    """Arrays handed back by a released cache, reused by the next one of the same shapes.
+
+    A fresh cache otherwise pays first-touch page faults on all of its buffers (tens of
+    MB for a 5,000-row batch), which costs as much as a few GEMMs.
+    """
+
+    def __init__(self, arrays=()):
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        for a in arrays:
+            self._free.setdefault((a.shape, a.dtype.str), []).append(a)
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        stack = self._free.get((tuple(shape), np.dtype(dtype).str))
+        return stack.pop() if stack else np.empty(shape, dtype=dtype)
+
+    def buffers(self, rows: int, widths, dtype) -> list:
+        return [None] + [self.empty((rows, d), dtype) for d in widths]
+
+
 class ForwardCache:
     """One batch's forward pass at a fixed θ, reused by every curvature product.
 
     ``gv(v)`` and ``hv(v)`` return the batch *sums* (callers divide by the global
     batch size). ``loss_sum`` is the batch loss at θ. Not thread-safe: one cache per rank.
+    ``recycle``: a previous cache whose buffers this one takes over (that cache is then
+    released and refuses further products).
     """
 
     @_quiet_float_errors
-    def __init__(self, model: MLP, theta, batch: Batch):
+    def __init__(self, model: MLP, theta, batch: Batch, recycle: "ForwardCache | None" = None):
+        pool = recycle._release() if recycle is not None else _Pool()
+        self._released = False
         self.model = model
         self._k = model.kernels
         self.theta = model._check_vector(theta, "theta").copy()
@@ -464,19 +491,32 @@ class ForwardCache:
         self.chunks: list[_Chunk] = []
         for start, stop in model._chunks(batch.n):
             part = batch.rows(start, stop)
-            acts = [part.X] + [np.empty((part.n, d), dtype=model.dtype) for d in model.layers[1:]]
+            acts = [part.X] + pool.buffers(part.n, model.layers[1:], model.dtype)[1:]
             model._forward_into(self.weights, part.X, acts)
-            delta = np.empty_like(acts[L])
-            scale = np.empty(part.n, dtype=model.dtype)
+            delta = pool.empty(acts[L].shape, model.dtype)
+            scale = pool.empty((part.n,), model.dtype)
             colsum = np.empty(model.n_outputs, dtype=model.dtype)
             self.loss_sum += model._loss_state(acts[L], part, True, delta, colsum, scale)
             self.chunks.append(_Chunk(part, acts, delta, scale))
         # workspace shared by all chunks: R(z_l), R(a_l), and two back-propagation buffers
-        self._rz = model._buffers(rows)
-        self._ra = model._buffers(rows)
-        self._g1 = model._buffers(rows)
-        self._g2 = model._buffers(rows)
+        self._rz, self._ra, self._g1, self._g2 = (pool.buffers(rows, model.layers[1:], model.dtype) for _ in range(4))
         self._colsum = [None] + [np.empty(d, dtype=model.dtype) for d in model.layers[1:]]
+        self._pool = pool  # what is left of a recycled cache: the δ_l buffers, if any
+
+    def _release(self) -> _Pool:
+        """Hand every buffer to a new cache; this cache refuses products from now on."""
+        if self._released:
+            raise InputError("recycle: this forward cache was already recycled")
+        self._released = True
+        arrays = []
+        for ch in self.chunks:
+            arrays += ch.acts[1:] + [ch.delta_out, ch.scale]
+            if ch.deltas is not None:
+                arrays += [d for d in ch.deltas[1:-1]]
+        for group in (self._rz, self._ra, self._g1, self._g2):
+            arrays += group[1:]
+        self.chunks = []
+        return _Pool(arrays)
 
     @_quiet_float_errors
     def _ensure_deltas(self) -> None:
@@ -488,7 +528,7 @@ class ForwardCache:
             deltas = [None] * (L + 1)
             deltas[L] = ch.delta_out
             for l in range(L, 1, -1):
-                d = np.matmul(deltas[l], self.weights[l - 1][0].T)
+                d = np.matmul(deltas[l], self.weights[l - 1][0].T, out=self._pool.empty((ch.batch.n, self.model.layers[l - 1]), self.model.dtype))
                 self._k.backprop_activation(d, ch.acts[l - 1], code, self._colsum[l - 1])
                 deltas[l - 1] = d
             ch.deltas = deltas
@@ -514,6 +554,8 @@ class ForwardCache:
 
     @_quiet_float_errors
     def _product(self, v, out, exact: bool) -> np.ndarray:
+        if self._released:
+            raise InputError("this forward cache was recycled by a newer one; compute a new forward pass")
         model, L, code = self.model, self.model.n_layers, self.model.activation.code
         V = model.unflatten(v)
         if out is None:

@@ -184,6 +184,7 @@ class HessianFreeTrainer:
         self.rows = data.shard.train_rows if data.shard is not None else range(data.n_train)
         self.batch_size = min(config.global_batch, self.n_train)
         self.dtype = np.dtype(getattr(model, "dtype", np.float64))
+        self._last_cache = None
         self._gbuf = np.empty(model.n_params + 1, dtype=np.float64 if self.dtype == np.float64 else self.dtype)
 
     # ------------------------------------------------------------------ state
@@ -219,7 +220,8 @@ class HessianFreeTrainer:
         rows = local_positions(self.rows, curvature_window(iteration, self.batch_size, self.n_train))
         X = self.train.X[rows]
         y = self.train.labels[rows] if self.train.labels is not None else self.train.targets[rows]
-        cache = self.model.forward(theta, X, y)
+        cache = self.model.forward(theta, X, y, recycle=self._last_cache)
+        self._last_cache = cache  # its buffers serve the next iteration's forward pass
         default = _METHOD_CURVATURE[self.config.method]
         return CurvatureOperator(cache, self.comm, self.batch_size, damping + self.config.weight_decay, default)
 
