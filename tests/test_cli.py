@@ -1,6 +1,8 @@
 """``hessfree train``: options, config files, exit codes, metrics, checkpoints and resume."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +191,19 @@ def test_cost_command_is_registered():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [r["nodes"] for r in rows] == [1, 2]
+
+
+MNIST_DIR = Path(os.environ.get("HESSFREE_MNIST_DIR", Path(__file__).resolve().parents[2] / "shared/data/mnist"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="the real MNIST is not present")
+def test_trains_on_the_real_mnist(tmp_path):
+    path = tmp_path / "mnist.jsonl"
+    result = invoke("train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--hidden", "400", "--samples", "5000",
+                    "--iterations", "3", "--batch-size", "1000", "--metrics", str(path))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(l) for l in path.read_text().splitlines()]
+    assert lines[0]["model"]["layers"] == [784, 400, 10] and lines[0]["data"]["n_test"] == 10_000
+    losses = [l["loss"] for l in lines if l["kind"] == "iteration"]
+    assert losses[-1] < 0.6 * losses[0] and lines[-1]["test_error"] < 0.3
