@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
 import attrs
 
 from hessfree import checkpoint
+from hessfree.blas import blas_threads, local_ranks, threads_per_rank
 from hessfree.comm import make_comm, run_threads, warm_numba_cache
 from hessfree.comm.factory import launched_by_mpi
 from hessfree.errors import ConfigError, DivergedError
@@ -135,8 +137,12 @@ def run_training(values: dict, echo: Callable[..., None]) -> int:
     else:
         comm = make_comm(backend.value, timeout=config.comm_timeout)
         lead_echo = echo if comm.rank == 0 else (lambda *a, **k: None)
+        # one process per MPI rank: share this node's cores among the ranks on it (a serial
+        # run keeps the BLAS settings it was started with)
+        limit = blas_threads(threads_per_rank(local_ranks())) if backend is Backend.MPI else contextlib.nullcontext()
         try:
-            result = _rank_main(config, comm, lead_echo)
+            with limit:
+                result = _rank_main(config, comm, lead_echo)
         except BaseException as exc:
             if comm.size > 1:  # one line from the failing rank, then end every rank at once
                 code = getattr(exc, "exit_code", 1)

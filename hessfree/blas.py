@@ -35,6 +35,23 @@ def threads_per_rank(ranks: int, cores: int | None = None) -> int:
     return max(1, cores // ranks)
 
 
+#: launcher variables giving the number of ranks on this node (Open MPI, MPICH/Hydra, Slurm)
+LOCAL_SIZE_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def local_ranks(environ=None) -> int:
+    """Ranks sharing this node, from the MPI launcher's environment (1 when unknown)."""
+    env = os.environ if environ is None else environ
+    for name in LOCAL_SIZE_VARIABLES:
+        try:
+            value = int(env.get(name, ""))
+        except ValueError:
+            continue
+        if value >= 1:
+            return value
+    return 1
+
+
 def blas_thread_counts() -> dict[str, int]:
     """Current thread count of every loaded pool, keyed by ``"<internal_api>:<filepath>"``."""
     return {f"{p['internal_api']}:{p['filepath']}": int(p["num_threads"]) for p in threadpool_info()}

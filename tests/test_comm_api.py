@@ -264,3 +264,12 @@ def test_blas_threads_sets_every_pool_and_restores():
     with blas_threads(1) as n:
         assert n == 1 and set(blas_thread_counts().values()) == {1}
     assert blas_thread_counts() == before
+
+
+def test_local_ranks_from_the_launcher_environment():
+    from hessfree.blas import local_ranks
+
+    assert local_ranks({}) == 1
+    assert local_ranks({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}) == 4
+    assert local_ranks({"OMPI_COMM_WORLD_LOCAL_SIZE": "junk", "MPI_LOCALNRANKS": "3"}) == 3
+    assert local_ranks({"SLURM_NTASKS_PER_NODE": "0"}) == 1
