@@ -179,3 +179,20 @@ def test_mpi_cli_run_writes_metrics_from_rank_0_only(tmp_path):
     assert [l["kind"] for l in lines] == ["config", "iteration", "iteration", "result"]
     assert lines[0]["environment"]["ranks"] == 2 and lines[0]["environment"]["backend"] == "MPIComm"
     assert run.output.count("done: 2 iterations") == 1  # only rank 0 prints
+
+
+def test_negative_curvature_at_the_first_cg_step_falls_back_to_minus_g():
+    """Paper's HF-CG rule: negative curvature at the very first CG step → −g, even from a warm start."""
+    from hessfree.solvers import CG, StopReason
+
+    data = load_dataset("digits")
+    model = MLP([64, 8, 10])
+    trainer = HessianFreeTrainer(model, data, TrainConfig(method="hess-cg", batch_size=300))
+    theta = model.init_params(0)
+    _, g = trainer.gradient(theta)
+    x0 = 0.1 * np.ones(model.n_params)
+    result = CG().solve(lambda v: -v, -g, x0)  # A = −I: the first direction has negative curvature
+    assert result.reason is StopReason.NEGATIVE_CURVATURE and result.iterations == 0
+    op = trainer.curvature_operator(theta, 0, 1.0)
+    d = trainer.choose_direction(result, g, theta, op)
+    assert d.kind == "gradient" and np.array_equal(d.p, -g) and d.slope < 0

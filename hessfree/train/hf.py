@@ -242,7 +242,9 @@ class HessianFreeTrainer:
                 d = _Direction(np.asarray(c.direction), float(c.slope), float(c.curvature), c.kind.value)
                 (walk if c.kind.value == "iterate" else extra).append(d)
         else:
-            for it in sorted(result.iterates, key=lambda it: -it.iteration):
+            # iterate 0 is the warm start itself, not a solver step: when CG meets negative
+            # curvature at once, the paper's rule is −g (below), not x0
+            for it in sorted((it for it in result.iterates if it.iteration > 0), key=lambda it: -it.iteration):
                 slope = float(g @ it.x)
                 # q(x) = ½xᵀBx + gᵀx, so xᵀBx = 2(q − gᵀx): no extra product needed
                 walk.append(_Direction(np.asarray(it.x), slope, 2.0 * (it.q - slope), "iterate"))
