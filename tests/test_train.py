@@ -190,7 +190,7 @@ def test_negative_curvature_at_the_first_cg_step_falls_back_to_minus_g():
     trainer = HessianFreeTrainer(model, data, TrainConfig(method="hess-cg", batch_size=300))
     theta = model.init_params(0)
     _, g = trainer.gradient(theta)
-    x0 = 0.1 * np.ones(model.n_params)
+    x0 = -0.1 * g  # a warm start that is itself a descent direction: still not a CG step
     result = CG().solve(lambda v: -v, -g, x0)  # A = −I: the first direction has negative curvature
     assert result.reason is StopReason.NEGATIVE_CURVATURE and result.iterations == 0
     op = trainer.curvature_operator(theta, 0, 1.0)
