@@ -89,7 +89,7 @@ def train_options(fn):
     return fn
 
 
-@main.command()
+@main.command(epilog="Exit codes: 0 ok, 1 runtime or data error, 2 usage or configuration error, 3 training diverged.")
 @train_options
 def train(config_file, **options) -> None:
     """Train a network with Hessian-free optimization (or an SGD baseline)."""
