@@ -58,7 +58,7 @@ TRAIN_OPTIONS = [
     click.option("--iterations", type=int, help="Total HF outer iterations (default 30)."),
     click.option("--epochs", type=int, help="Total SGD epochs (default 10)."),
     click.option("--batch-size", type=int, help="Curvature batch (HF) or mini-batch (SGD), global over ranks."),
-    click.option("--cg-max-iter", type=int, help="Krylov iteration cap (default 250)."),
+    click.option("--cg-max-iter", type=int, help="Krylov iteration cap (default 250 for CG, 50 for Bi-CG-STAB)."),
     click.option("--damping", type=float, help="Initial Levenberg-Marquardt λ (default 1.0)."),
     click.option("--lr", type=float, help="SGD learning rate (default 0.1)."),
     click.option("--momentum", type=float, help="MSGD momentum (default 0.9)."),

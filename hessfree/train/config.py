@@ -90,7 +90,7 @@ class TrainConfig:
     iterations: int = attrs.field(default=30, validator=_count)  # HF outer iterations
     epochs: int = attrs.field(default=10, validator=_count)  # SGD epochs
     batch_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_count))  # see global_batch
-    cg_max_iter: int = attrs.field(default=250, validator=_count)
+    cg_max_iter: int | None = attrs.field(default=None, validator=attrs.validators.optional(_count))  # see krylov_max_iter
     cg_rtol: float = attrs.field(default=1e-8, validator=_positive)
     progress_tol: float = attrs.field(default=5e-4, validator=_non_negative)
     damping: float = attrs.field(default=1.0, validator=_positive)
@@ -118,6 +118,14 @@ class TrainConfig:
     def global_batch(self) -> int:
         """``batch_size``, or the method's default: 1000 for HF curvature, 64 for SGD."""
         return self.batch_size if self.batch_size is not None else self.DEFAULT_BATCH[self.method.is_hessian_free]
+
+    @property
+    def krylov_max_iter(self) -> int:
+        """``cg_max_iter``, or the method's default: 250 for CG (Martens), 50 for Bi-CG-STAB
+        (a fixed budget of 100 products, as the paper runs it)."""
+        if self.cg_max_iter is not None:
+            return self.cg_max_iter
+        return 50 if self.method is Method.BICGSTAB else 250
 
     def __attrs_post_init__(self) -> None:
         if self.damping_min > self.damping_max:
