@@ -302,11 +302,15 @@ def test_bad_model_configuration(kwargs, message):
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_parallel_kernels_give_bitwise_the_serial_results(loss):
+    from hessfree.models import kernels as K
+
     rng = np.random.default_rng(4)
-    serial = MLP([30, 70, 20, 10], activation="softplus", loss=loss, chunk_size=300)
-    parallel = MLP([30, 70, 20, 10], activation="softplus", loss=loss, chunk_size=300, parallel=True)
+    rows, hidden = 3000, 100
+    assert rows * hidden >= K.PARALLEL_MIN_ELEMENTS  # the hidden layers really use the parallel set
+    serial = MLP([30, hidden, 20, 10], activation="softplus", loss=loss, chunk_size=4000)
+    parallel = MLP([30, hidden, 20, 10], activation="softplus", loss=loss, chunk_size=4000, parallel=True)
     theta = serial.init_params(0)
-    X, y = rng.standard_normal((700, 30)), rng.integers(0, 10, 700)
+    X, y = rng.standard_normal((rows, 30)), rng.integers(0, 10, rows)
     v = rng.standard_normal(serial.n_params)
     fs, gs = serial.loss_grad(theta, X, y)
     fp, gp = parallel.loss_grad(theta, X, y)
@@ -314,6 +318,15 @@ def test_parallel_kernels_give_bitwise_the_serial_results(loss):
     assert np.array_equal(serial.gv(theta, v, X, y), parallel.gv(theta, v, X, y))
     assert np.array_equal(serial.hv(theta, v, X, y), parallel.hv(theta, v, X, y))
     assert serial.error_count(theta, X, y) == parallel.error_count(theta, X, y)
+    # and every kernel of the two sets alike, on one large array
+    G = rng.standard_normal((rows, hidden))
+    A = np.tanh(rng.standard_normal((rows, hidden)))
+    outs = []
+    for ks in (K.SERIAL, K.PARALLEL):
+        g, c = G.copy(), np.empty(hidden)
+        ks.backprop_activation(g, A, K.TANH, c)
+        outs.append((g, c))
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
 
 
 def test_recycled_cache_gives_bitwise_the_fresh_results_and_old_one_is_released():

@@ -33,7 +33,8 @@ over numba's threads). Use ``PARALLEL`` only where one thread per process launch
 kernels: numba's default threading layer aborts when parallel kernels are launched from
 several threads (``ThreadComm``). Column sums are accumulated per fixed block of
 ``BLOCK`` rows and the blocks added in order, so both variants give bitwise the same
-answer, whatever the thread count.
+answer, whatever the thread count. A model with ``parallel=True`` uses :data:`BY_SIZE`:
+the parallel kernel for large arrays, the serial one for small arrays.
 """
 
 from __future__ import annotations
@@ -361,7 +362,25 @@ SERIAL = SimpleNamespace(**{f.__name__: numba.njit(**JIT)(f) for f in _KERNELS})
 #: every kernel with its row loop spread over numba's threads (one launching thread only)
 PARALLEL = SimpleNamespace(**{f.__name__: numba.njit(parallel=True, **JIT)(f) for f in _KERNELS})
 
+#: below this many elements a kernel runs serially even in the parallel set: waking the
+#: (passively waiting) OpenMP threads costs more than the work (digits' 1000×100 arrays
+#: made training 10× slower on a busy machine)
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+def _by_size(serial, parallel):
+    def call(first, *args):
+        return (parallel if first.size >= PARALLEL_MIN_ELEMENTS else serial)(first, *args)
+
+    call.__name__ = serial.__name__
+    return call
+
+
+#: the parallel set where the first array argument is large, the serial one elsewhere
+#: (both give bitwise the same results, so mixing them changes nothing but speed)
+BY_SIZE = SimpleNamespace(**{f.__name__: _by_size(getattr(SERIAL, f.__name__), getattr(PARALLEL, f.__name__)) for f in _KERNELS})
+
 
 def kernels(parallel: bool) -> SimpleNamespace:
-    """The kernel set to use: :data:`PARALLEL` or :data:`SERIAL`."""
-    return PARALLEL if parallel else SERIAL
+    """The kernel set to use: :data:`BY_SIZE` when parallel kernels are allowed, else :data:`SERIAL`."""
+    return BY_SIZE if parallel else SERIAL
