@@ -406,10 +406,12 @@ class _Accumulator:
     second terms go through a scratch buffer and are added in, always in the same order.
     """
 
-    def __init__(self, model: MLP, out: np.ndarray):
+    def __init__(self, model: MLP, out: np.ndarray, scratch: np.ndarray | None = None):
         self._k = model.kernels
         self.views = model.unflatten(out)
-        self.scratch = model.unflatten(np.empty(model.n_params, dtype=model.dtype))
+        if scratch is None:
+            scratch = np.empty(model.n_params, dtype=model.dtype)
+        self.scratch = model.unflatten(scratch)
         self.written: set[tuple[int, str]] = set()
 
     def gemm(self, layer: int, chunk: int, a: np.ndarray, b: np.ndarray) -> None:
@@ -501,6 +503,7 @@ class ForwardCache:
         # workspace shared by all chunks: R(z_l), R(a_l), and two back-propagation buffers
         self._rz, self._ra, self._g1, self._g2 = (pool.buffers(rows, model.layers[1:], model.dtype) for _ in range(4))
         self._colsum = [None] + [np.empty(d, dtype=model.dtype) for d in model.layers[1:]]
+        self._scratch = np.empty(model.n_params, dtype=model.dtype)  # one per cache, not per product
         self._pool = pool  # what is left of a recycled cache: the δ_l buffers, if any
 
     def _release(self) -> _Pool:
@@ -564,7 +567,7 @@ class ForwardCache:
             raise InputError(f"out: expected a contiguous ({model.n_params},) {model.dtype} array, found {out.shape} {out.dtype}")
         if exact:
             self._ensure_deltas()
-        acc = _Accumulator(model, out)
+        acc = _Accumulator(model, out, self._scratch)
         for c, ch in enumerate(self.chunks):
             n = ch.batch.n
             rz, ra = self._r_forward(ch, V, n)
