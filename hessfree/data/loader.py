@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import math
-import operator
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from hessfree.data.dataset import Dataset
 from hessfree.data.digits import load_digits
 from hessfree.data.mnist import IdxPairSource
 from hessfree.data.npz import open_npz
-from hessfree.data.sharding import EvalSplit, ShardInfo, ShardMode
+from hessfree.data.sharding import EvalSplit, ShardInfo, ShardMode, check_int
 from hessfree.data.source import ArraySource, DatasetInfo, Source
 from hessfree.data.synthetic import TeacherConfig, TeacherSource, timit_like_config
 from hessfree.errors import ConfigError, DataError
@@ -49,17 +48,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _optional_int(name: str, value, minimum: int = 1) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value}")
-    return value
+    return None if value is None else check_int(name, value, minimum)
 
 
 def _check_dtype(dtype) -> np.dtype:

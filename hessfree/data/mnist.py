@@ -89,10 +89,6 @@ class IdxPairSource(Source):
             origin=str(data_dir),
         )
 
-    @property
-    def info(self) -> DatasetInfo:
-        return self._info
-
     def read_train(self, selections: Sequence[range], dtype: np.dtype) -> list[Rows]:
         return self._read("train", selections, dtype)
 

@@ -30,11 +30,14 @@ class ShardMode(enum.Enum):
     STRIDED = "strided"
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int ≥ ``minimum`` (bools refused), or ConfigError naming ``name``."""
     try:
+        if isinstance(value, bool):
+            raise TypeError
         value = operator.index(value)
     except TypeError:
-        raise ConfigError(f"{name}: expected an integer, found {value!r}") from None
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}") from None
     if value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value}")
     return value
@@ -42,9 +45,9 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def balanced_count(n: int, rank: int, size: int) -> int:
     """Number of items rank ``rank`` of ``size`` gets when ``n`` items are split evenly."""
-    n = _check_int("n", n, 0)
-    size = _check_int("size", size, 1)
-    rank = _check_int("rank", rank, 0)
+    n = check_int("n", n, 0)
+    size = check_int("size", size, 1)
+    rank = check_int("rank", rank, 0)
     if rank >= size:
         raise ConfigError(f"rank: expected 0 <= rank < size = {size}, found {rank}")
     q, r = divmod(n, size)
@@ -56,8 +59,8 @@ def check_shardable(n: int, size: int, what: str = "dataset") -> None:
 
     Depends only on global sizes, so all ranks raise (or pass) together.
     """
-    n = _check_int("n", n, 0)
-    size = _check_int("size", size, 1)
+    n = check_int("n", n, 0)
+    size = check_int("size", size, 1)
     if n < size:
         raise DataError(
             f"{what}: samples: expected at least one per rank (>= {size} for {size} ranks), found {n}"
@@ -163,7 +166,7 @@ class ShardInfo:
         rank otherwise); a small evaluation set may leave some ranks empty-handed, which
         is harmless because evaluation sums are reduced.
         """
-        rank, size = _check_int("rank", rank, 0), _check_int("size", size, 1)
+        rank, size = check_int("rank", rank, 0), check_int("size", size, 1)
         check_shardable(n_train, size, f"{what} training set")
         return cls(
             rank,

@@ -31,12 +31,17 @@ class DatasetInfo:
 
 
 class Source(abc.ABC):
-    """Global metadata plus row access to a dataset's training and test sets."""
+    """Global metadata plus row access to a dataset's training and test sets.
+
+    Subclasses set ``self._info`` when they open the data.
+    """
+
+    _info: DatasetInfo
 
     @property
-    @abc.abstractmethod
     def info(self) -> DatasetInfo:
         """Sizes and provenance (validated when the source was opened)."""
+        return self._info
 
     @abc.abstractmethod
     def read_train(self, selections: Sequence[range], dtype: np.dtype) -> list[Rows]:
@@ -95,10 +100,6 @@ class ArraySource(Source):
             n_test=0 if X_test is None else int(X_test.shape[0]),
             origin=origin,
         )
-
-    @property
-    def info(self) -> DatasetInfo:
-        return self._info
 
     def read_train(self, selections: Sequence[range], dtype: np.dtype) -> list[Rows]:
         return self._read("train", selections, dtype)

@@ -175,10 +175,6 @@ class TeacherSource(Source):
             origin=f"generated (seed {cfg.seed})",
         )
 
-    @property
-    def info(self) -> DatasetInfo:
-        return self._info
-
     def read_train(self, selections: Sequence[range], dtype: np.dtype) -> list[Rows]:
         return [generate_rows(self.cfg, self.teacher, rows, dtype) for rows in selections]
 
