@@ -20,16 +20,7 @@ import numpy as np
 
 from hessfree.errors import ConfigError
 from hessfree.solvers._problem import prepare, zero_rhs_result
-from hessfree.solvers.base import (
-    Curvature,
-    KrylovSolver,
-    SolveResult,
-    flag_field,
-    max_iter_field,
-    store_first_field,
-    store_growth_field,
-    tolerance_field,
-)
+from hessfree.solvers.base import Curvature, SolveResult
 from hessfree.solvers.cg import CG, check_previous, run_cg
 
 
@@ -55,17 +46,11 @@ def _operators(matvec):
 
 
 @attrs.frozen
-class Hybrid(KrylovSolver):
-    """Hybrid-CG with CG's options: ``Hybrid(max_iter=250, rtol=1e-6, progress_tol=5e-4)``."""
+class Hybrid(CG):
+    """Hybrid-CG: CG (with all of CG's options) plus the curvature policy above,
+    ``Hybrid(max_iter=250, rtol=1e-6, progress_tol=5e-4)``."""
 
     name: ClassVar[str] = "hybrid"
-
-    max_iter: int = max_iter_field(250)
-    rtol: float = tolerance_field(1e-6)
-    progress_tol: float = tolerance_field(5e-4)
-    store_first: int = store_first_field()
-    store_growth: float = store_growth_field()
-    true_residual: bool = flag_field(True)
 
     def solve(self, matvec, b, x0=None, *, dot=None, previous=None, precond=None) -> SolveResult:
         check_previous(previous)
@@ -76,5 +61,5 @@ class Hybrid(KrylovSolver):
         if isinstance(problem, np.ndarray):
             result = zero_rhs_result(problem, self.name)
         else:
-            result = run_cg(CG(**attrs.asdict(self, recurse=False)), problem, self.name)
+            result = run_cg(self, problem, self.name)
         return attrs.evolve(result, curvature=curvature)
