@@ -13,7 +13,11 @@ import sys
 
 import click
 
+from hessfree.cost.model import Blocks, CostMethod
+from hessfree.cost.network import Collective
+from hessfree.cost.presets import INTERCONNECTS
 from hessfree.errors import ConfigError, HessfreeError
+from hessfree.validate import choices
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
 
@@ -155,17 +159,17 @@ def plot_speedup(rows, path: str, title: str = "") -> None:
 @click.option("--test-samples", type=int, help="Test samples (one evaluation per iteration / epoch).")
 @click.option("--batch", default="1024,4096,16384", show_default=True, help="Batch sizes (HF curvature batch, SGD mini-batch).")
 @click.option("--nodes", default="1,2,4,8,16,32,64", show_default=True, help="Node counts P.")
-@click.option("--method", default="sgd,bicgstab", show_default=True, help="sgd, msgd, sgd-mp (model-parallel), gn-cg, hess-cg, bicgstab, hybrid.")
+@click.option("--method", default="sgd,bicgstab", show_default=True, help=f"Comma-separated: {', '.join(choices(CostMethod))} (sgd-mp: model-parallel SGD).")
 @click.option("--cg-iters", type=int, default=10, show_default=True, help="Krylov iterations K per HF iteration.")
 @click.option("--ls-trials", type=int, default=3, show_default=True, help="Objective evaluations L per HF iteration.")
 @click.option("--node", type=click.Choice(["paper", "calibrated"]), help="Node speed: the paper's, or this machine's calibration (default: calibrated if a calibration exists and no preset is given).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration JSON (default ~/.cache/hessfree/calibration.json).")
-@click.option("--interconnect", type=click.Choice(["omni-path", "ethernet-10g"]), help="Network preset (default omni-path, or the calibrated MPI).")
+@click.option("--interconnect", type=click.Choice(list(INTERCONNECTS)), help="Network preset (default omni-path, or the calibrated MPI).")
 @click.option("--flops", type=float, help="Override: sustained FLOP/s per node.")
 @click.option("--latency", type=float, help="Override: latency α in seconds.")
 @click.option("--bandwidth", type=float, help="Override: bandwidth in bytes/s.")
-@click.option("--collective", type=click.Choice(["ring", "recursive-doubling", "tree"]), default="ring", show_default=True)
-@click.option("--blocks", type=click.Choice(["chunk", "batch"]), help="Full-data passes in 8192-row chunks (hessfree) or in b/P-row blocks (paper; default for --node paper).")
+@click.option("--collective", type=click.Choice(choices(Collective)), default="ring", show_default=True)
+@click.option("--blocks", type=click.Choice(choices(Blocks)), help="Full-data passes in 8192-row chunks (hessfree) or in b/P-row blocks (paper; default for --node paper).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Value size (default: preset's, else float64).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows instead of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a speed-up figure (PNG) like the paper's Figure 2.")

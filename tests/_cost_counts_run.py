@@ -13,7 +13,7 @@ from hessfree.cost import CostModel, Network, NodeSpec
 from hessfree.data import load_dataset
 from hessfree.models import MLP
 from hessfree.train.config import TrainConfig
-from hessfree.train.session import make_trainer
+from hessfree.train import make_trainer
 
 METHODS = ("gn-cg", "hess-cg", "bicgstab", "hybrid", "sgd", "msgd")
 

@@ -33,9 +33,9 @@ def test_default_train_runs_on_the_embedded_digits():
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--iterations", "0"], "iterations: expected a positive integer"),
+        (["--iterations", "0"], "iterations: expected an integer ≥ 1"),
         (["--damping", "nan"], "damping: expected a finite number"),
-        (["--damping", "-1"], "damping: expected a positive number"),
+        (["--damping", "-1"], "damping: expected a number in (0, ∞)"),
         (["--momentum", "1.5"], "momentum"),
         (["--hidden", "4,x"], "hidden"),
         (["--ranks", "2", "--comm", "serial"], "ranks"),

@@ -72,7 +72,7 @@ def test_training_under_the_simulated_clock_meters_the_same():
     from hessfree.data import load_dataset
     from hessfree.models import MLP
     from hessfree.train.config import TrainConfig
-    from hessfree.train.session import make_trainer
+    from hessfree.train import make_trainer
 
     def train(comm):
         data = load_dataset("synthetic", n_features=6, n_classes=3, samples=60, rank=comm.rank, size=comm.size, seed=2)

@@ -1,5 +1,5 @@
 """Krylov solvers on dense test systems: SPD convergence, SciPy agreement iteration by
-iteration, indefinite systems, breakdowns, non-finite values, Hybrid policy, configs."""
+iteration, indefinite systems, breakdowns, non-finite values, Hybrid's policy, configs."""
 
 from __future__ import annotations
 
@@ -13,20 +13,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hessfree.errors import ConfigError, InputError
+from hessfree.methods import Method, next_curvature
 from hessfree.solvers import (
     CG,
-    SOLVERS,
     BiCGStab,
     CandidateKind,
     Curvature,
-    Hybrid,
     KrylovSolver,
     SolveResult,
     StopReason,
-    make_solver,
     martens_progress_stop,
     storage_schedule,
 )
+
+#: the solvers under test, by name (test-only: the method table chooses solvers)
+SOLVERS = {"cg": CG, "bicgstab": BiCGStab}
+
+
+def make_solver(name: str, **options) -> KrylovSolver:
+    return SOLVERS[name](**options)
 
 DTYPES = [np.float32, np.float64]
 
@@ -443,16 +448,8 @@ def test_invalid_configs_are_rejected(options, name):
         make_solver(name, **options)
 
 
-def test_registry_and_factory():
-    assert dict(SOLVERS) == {"cg": CG, "bicgstab": BiCGStab, "hybrid": Hybrid}
-    with pytest.raises(TypeError):
-        SOLVERS["sgd"] = CG  # read-only
-    assert make_solver("Bi-CG-STAB", max_iter=4) == BiCGStab(max_iter=4)
-    assert make_solver("cg", max_iter=np.int64(7)).max_iter == 7
-    with pytest.raises(ConfigError, match="unknown option"):
-        make_solver("cg", maxiter=4)
-    with pytest.raises(ConfigError, match="expected one of"):
-        make_solver("gmres")
+def test_integer_options_accept_numpy_integers():
+    assert CG(max_iter=np.int64(7)).max_iter == 7
     assert all(issubclass(cls, KrylovSolver) for cls in SOLVERS.values())
 
 
@@ -466,7 +463,6 @@ def test_registry_and_factory():
         lambda A, b: CG().solve(lambda v: A @ v, b, x0=np.ones(3)),
         lambda A, b: CG().solve(lambda v: A @ v, b, precond=-np.ones(4)),
         lambda A, b: CG().solve(lambda v: (A @ v)[:3], b),
-        lambda A, b: CG().solve(lambda v: A @ v, b, previous="last time"),
     ],
 )
 def test_bad_input_raises_input_error(call):
@@ -475,63 +471,19 @@ def test_bad_input_raises_input_error(call):
         call(A, b)
 
 
-# ----------------------------------------------------------------------------- Hybrid
-class TwoCurvatures:
-    """What the trainer hands a solver: callable (default curvature) plus both operators."""
-
-    def __init__(self, H, G):
-        self.H, self.G, self.used = H, G, []
-
-    def exact(self, v):
-        self.used.append("exact")
-        return self.H @ v
-
-    def gauss_newton(self, v):
-        self.used.append("gauss_newton")
-        return self.G @ v
-
-    def __call__(self, v):
-        return self.exact(v)
-
-
-def test_hybrid_switches_to_gauss_newton_for_one_solve_after_negative_curvature():
-    H, b = indefinite(20, 5, seed=3)
-    G, _ = spd(20, 10.0, seed=3)
-    op = TwoCurvatures(H, G)
-    hybrid = Hybrid(max_iter=50)
-
-    first = hybrid.solve(op, b)
-    assert first.curvature is Curvature.EXACT and first.reason is StopReason.NEGATIVE_CURVATURE
-    assert set(op.used) == {"exact"}
-    op.used.clear()
-
-    second = hybrid.solve(op, b, previous=first)
-    assert second.curvature is Curvature.GAUSS_NEWTON and second.negative_curvature is None
-    assert set(op.used) == {"gauss_newton"}
-    np.testing.assert_allclose(second.x, np.linalg.solve(G, b), rtol=1e-3, atol=1e-4)
-    op.used.clear()
-
-    third = hybrid.solve(op, b, previous=second)
-    assert third.curvature is Curvature.EXACT and set(op.used) == {"exact"}
+# ------------------------------------------------------------------ Hybrid's policy
+def test_hybrid_policy_uses_gauss_newton_for_one_solve_after_negative_curvature():
+    """Hybrid is CG plus a curvature policy decided before the solve (the method table)."""
+    hybrid, hess = Method.HYBRID, Method.HESS_CG
+    assert next_curvature(hybrid, None, False) is Curvature.EXACT  # first solve
+    assert next_curvature(hybrid, Curvature.EXACT, False) is Curvature.EXACT
+    assert next_curvature(hybrid, Curvature.EXACT, True) is Curvature.GAUSS_NEWTON
     # a Gauss-Newton solve that (numerically) met negative curvature does not chain
-    fake = attrs.evolve(third, curvature=Curvature.GAUSS_NEWTON)
-    assert hybrid.solve(op, b, previous=fake).curvature is Curvature.EXACT
-    assert hybrid.solve(op, b, previous=attrs.evolve(third, curvature=Curvature.GIVEN)).curvature is Curvature.GAUSS_NEWTON
-
-
-def test_hybrid_equals_cg_on_the_chosen_operator():
-    H, b = spd(15, 100.0, seed=2)
-    op = TwoCurvatures(H, H)
-    ours = Hybrid(max_iter=9).solve(op, b)
-    cg = CG(max_iter=9).solve(lambda v: H @ v, b)
-    np.testing.assert_array_equal(ours.x, cg.x)
-    assert ours.solver == "hybrid" and cg.solver == "cg" and cg.curvature is Curvature.GIVEN
-
-
-def test_hybrid_needs_both_operators():
-    A, b = spd(4, 10.0)
-    with pytest.raises(ConfigError, match="gauss_newton"):
-        Hybrid().solve(lambda v: A @ v, b)
+    assert next_curvature(hybrid, Curvature.GAUSS_NEWTON, True) is Curvature.EXACT
+    assert next_curvature(hybrid, Curvature.GAUSS_NEWTON, False) is Curvature.EXACT
+    assert next_curvature(hess, Curvature.EXACT, True) is Curvature.EXACT  # no policy
+    assert next_curvature(Method.GN_CG, None, False) is Curvature.GAUSS_NEWTON
+    assert hybrid.spec.solver is CG
 
 
 def test_an_operator_reusing_its_output_buffer_is_safe():

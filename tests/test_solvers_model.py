@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from hessfree.models import MLP
-from hessfree.solvers import CG, BiCGStab, CandidateKind, Curvature, Hybrid, StopReason
+from hessfree.methods import Method, next_curvature
+from hessfree.solvers import CG, BiCGStab, CandidateKind, Curvature, StopReason
 
 
 class Curvatures:
@@ -91,10 +92,14 @@ def test_bicgstab_returns_descent_candidates_along_negative_curvature(saddle):
 
 
 def test_hybrid_uses_gauss_newton_after_the_saddle(saddle):
+    """Hybrid = CG + its policy: negative curvature on the exact Hessian at the saddle,
+    then a Gauss-Newton solve, which is a Newton-type descent step."""
     model, theta, X, y, g, H = saddle
     op = Curvatures(model, theta, X, y)
-    first = Hybrid().solve(op, -g)
-    assert first.curvature is Curvature.EXACT and first.reason is StopReason.NEGATIVE_CURVATURE
-    second = Hybrid().solve(op, -g, previous=first)
-    assert second.curvature is Curvature.GAUSS_NEWTON and second.negative_curvature is None
+    first = CG().solve(op.exact, -g)
+    assert first.reason is StopReason.NEGATIVE_CURVATURE
+    curvature = next_curvature(Method.HYBRID, Curvature.EXACT, first.negative_curvature is not None)
+    assert curvature is Curvature.GAUSS_NEWTON
+    second = CG().solve(op.gauss_newton, -g)
+    assert second.negative_curvature is None
     assert g @ second.x < 0  # a Newton-type descent step on the definite Gauss-Newton model

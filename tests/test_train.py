@@ -13,18 +13,18 @@ from hessfree.train import HessianFreeTrainer, TrainConfig
 from hessfree.train.batches import curvature_window, epoch_permutation, local_positions
 from hessfree.train.damping import reduction_ratio, update_damping
 from hessfree.train.linesearch import armijo
-from hessfree.train.session import Session, make_run_config
+from hessfree.train import fit, make_run_config
+from hessfree.train.run import build
 from train_cases import METHODS, case_config
 
 from mpi.launch import run_mpi
 
 
-def run_records(config: dict, comm) -> list:
-    session = Session(make_run_config(config), comm)
-    trainer = session.trainer
-    train = session.config.train
-    total = train.iterations if train.method.is_hessian_free else train.epochs
-    return [record for _, record in trainer.run(trainer.initial_state(), total)], session
+def run_records(config: dict, comm) -> tuple[list, object, object]:
+    """(records, data, model) of a run through ``fit``."""
+    run_config = make_run_config(config)
+    data, model = build(run_config, comm)
+    return list(fit(model, data, run_config.train, comm).history), data, model
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,7 @@ def serial_runs():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_reduces_the_loss_well_below_the_start(method):
-    records, session = run_records(case_config(method, iterations=10, epochs=4), SerialComm())
-    model, data = session.model, session.data
+    records, data, model = run_records(case_config(method, iterations=10, epochs=4), SerialComm())
     start = model.loss(model.init_params(3), data.X_train, data.y_train) / data.n_train
     assert records[-1].loss < 0.4 * start
     assert records[-1].train_error < 0.2
@@ -68,7 +67,7 @@ def test_mpi_gives_the_serial_losses(serial_runs, tmp_path):
 def test_collectives_per_iteration_match_the_algorithm(serial_runs, method):
     previous = {"gradient": 0, "curvature": 0, "line_search": 0}
     for k, r in enumerate(serial_runs[method]):
-        phases = {p: r.comm_phases[p]["calls"] for p in previous}
+        phases = {p: r.comm_phases[p].collectives for p in previous}
         delta = {p: phases[p] - previous[p] for p in previous}
         previous = phases
         assert delta["gradient"] == 1  # one reduction of [gradient sum, loss sum]
@@ -84,7 +83,7 @@ def test_sgd_reduces_once_per_update(serial_runs):
     records = serial_runs["sgd"]
     data = load_dataset("digits")
     updates = data.n_train // 50
-    gradient_calls = [r.comm_phases["gradient"]["calls"] for r in records]
+    gradient_calls = [r.comm_phases["gradient"].collectives for r in records]
     assert gradient_calls == [updates * (e + 1) for e in range(len(records))]
     assert [r.iteration for r in records] == [updates * (e + 1) for e in range(len(records))]
 
@@ -183,7 +182,7 @@ def test_mpi_cli_run_writes_metrics_from_rank_0_only(tmp_path):
 
 def test_negative_curvature_at_the_first_cg_step_falls_back_to_minus_g():
     """Paper's HF-CG rule: negative curvature at the very first CG step → −g, even from a warm start."""
-    from hessfree.solvers import CG, StopReason
+    from hessfree.solvers import CG, Curvature, StopReason
 
     data = load_dataset("digits")
     model = MLP([64, 8, 10])
@@ -193,6 +192,6 @@ def test_negative_curvature_at_the_first_cg_step_falls_back_to_minus_g():
     x0 = -0.1 * g  # a warm start that is itself a descent direction: still not a CG step
     result = CG().solve(lambda v: -v, -g, x0)  # A = −I: the first direction has negative curvature
     assert result.reason is StopReason.NEGATIVE_CURVATURE and result.iterations == 0
-    op = trainer.curvature_operator(theta, 0, 1.0)
-    d = trainer.choose_direction(result, g, theta, op)
+    op = trainer.curvature_operator(theta, 0, 1.0, Curvature.EXACT)
+    d = trainer.choose_direction(result, g, theta, op).direction
     assert d.kind == "gradient" and np.array_equal(d.p, -g) and d.slope < 0

@@ -1,6 +1,8 @@
 """Small training cases shared by the in-process tests and the MPI script."""
 
-METHODS = ["gn-cg", "hess-cg", "bicgstab", "hybrid", "sgd", "msgd"]
+from hessfree.methods import Method
+
+METHODS = [m.value for m in Method]
 
 
 def case_config(method: str, **overrides) -> dict:

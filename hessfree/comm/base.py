@@ -143,6 +143,18 @@ class CommCounts:
         """Counts issued between two snapshots (``later - earlier``)."""
         return CommCounts(**{p.value: self[p] - other[p] for p in Phase})
 
+    def __add__(self, other: CommCounts) -> CommCounts:
+        return CommCounts(**{p.value: self[p] + other[p] for p in Phase})
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """``{phase: {"calls": collectives, "bytes": n}}``: what training records report."""
+        return {p.value: {"calls": self[p].collectives, "bytes": self[p].bytes} for p in Phase}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CommCounts:
+        """The inverse of :meth:`as_dict` (the derived ``collectives`` totals are ignored)."""
+        return cls(**{p.value: PhaseCounts(**{f: data[p.value][f] for f in _PHASE_FIELDS}) for p in Phase})
+
     def as_dict(self) -> dict[str, dict[str, int]]:
         """Nested plain dict ``{phase: {kind: count, "bytes": n, "collectives": n}}``."""
         return {p.value: self[p].as_dict() for p in Phase}

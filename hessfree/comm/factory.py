@@ -22,7 +22,8 @@ MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "MV2_CO
 
 
 class Backend(enum.Enum):
-    """Where the ranks live. ``AUTO`` is MPI when launched by mpirun, else serial."""
+    """Where the ranks live. ``AUTO`` is MPI when launched by mpirun, else threads when
+    several ranks are asked for, else serial."""
 
     SERIAL = "serial"
     THREADS = "threads"
@@ -36,15 +37,18 @@ def launched_by_mpi(environ: Mapping[str, str] | None = None) -> bool:
     return any(env.get(name) for name in MPI_LAUNCH_VARIABLES)
 
 
-def resolve_backend(backend: Backend | str, environ: Mapping[str, str] | None = None) -> Backend:
-    """The concrete backend for a name or enum; ``auto`` becomes ``mpi`` or ``serial``."""
+def resolve_backend(backend: Backend | str, environ: Mapping[str, str] | None = None, ranks: int = 1) -> Backend:
+    """The concrete backend for a name or enum; ``auto`` becomes ``mpi`` under an MPI
+    launcher, else ``threads`` for ``ranks`` > 1, else ``serial``."""
     try:
         chosen = Backend(backend)
     except ValueError:
         names = [b.value for b in Backend]
         raise ConfigError(f"unknown communicator backend {backend!r}; choose from {names}") from None
     if chosen is Backend.AUTO:
-        return Backend.MPI if launched_by_mpi(environ) else Backend.SERIAL
+        if launched_by_mpi(environ):
+            return Backend.MPI
+        return Backend.THREADS if ranks > 1 else Backend.SERIAL
     return chosen
 
 
@@ -76,7 +80,7 @@ def run_ranks(
     per core), all results. ``mpi``: this process's rank only, ``[fn(comm)]``; the
     number of ranks is mpirun's ``-n`` and ``ranks``, if given, must equal it.
     """
-    chosen = resolve_backend(backend)
+    chosen = resolve_backend(backend, ranks=1 if ranks is None else ranks)
     if chosen is Backend.THREADS:
         return run_threads(fn, available_cores() if ranks is None else ranks, timeout=timeout)
     comm = make_comm(chosen, timeout=timeout)

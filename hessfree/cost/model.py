@@ -47,32 +47,37 @@ from hessfree.cost._checks import count
 from hessfree.cost.compute import NodeSpec, Work, check_layers, n_params
 from hessfree.cost.network import Collective, Network
 from hessfree.errors import ConfigError
+from hessfree.methods import Method
+from hessfree.validate import choice
+from hessfree.solvers import Curvature
 
 
-class CostMethod(enum.Enum):
-    """Methods the model predicts (the trainer's names, plus model-parallel SGD)."""
+class _CostMethodBase(enum.Enum):
+    """Methods the model predicts: every method of the method table (``hessfree.methods``),
+    plus model-parallel SGD, which is a layout the trainer does not run."""
 
-    SGD = "sgd"
-    MSGD = "msgd"
-    SGD_MODEL_PARALLEL = "sgd-mp"
-    GN_CG = "gn-cg"
-    HESS_CG = "hess-cg"
-    BICGSTAB = "bicgstab"
-    HYBRID = "hybrid"
+    @property
+    def spec(self):
+        return None if self is CostMethod.SGD_MODEL_PARALLEL else Method(self.value).spec
 
     @property
     def is_hessian_free(self) -> bool:
-        return self in (CostMethod.GN_CG, CostMethod.HESS_CG, CostMethod.BICGSTAB, CostMethod.HYBRID)
+        return self.spec is not None and self.spec.is_hessian_free
 
     @property
     def products_per_step(self) -> int:
-        """Curvature products per Krylov iteration: 2 for Bi-CG-STAB, else 1."""
-        return 2 if self is CostMethod.BICGSTAB else 1
+        """Curvature products per Krylov iteration (the method table's count)."""
+        return self.spec.products_per_krylov_step if self.is_hessian_free else 0
 
     @property
     def product(self) -> Work:
-        """Gauss-Newton for gn-cg; the exact Hessian otherwise (hybrid: its usual case)."""
-        return Work.GV if self is CostMethod.GN_CG else Work.HV
+        """The product the method's solves multiply by (hybrid: its usual, exact, one)."""
+        return Work.GV if self.spec.curvature is Curvature.GAUSS_NEWTON else Work.HV
+
+
+CostMethod = _CostMethodBase(
+    "CostMethod", [(m.name, m.value) for m in Method] + [("SGD_MODEL_PARALLEL", "sgd-mp")], module=__name__
+)
 
 
 class Blocks(enum.Enum):
@@ -88,13 +93,7 @@ class Blocks(enum.Enum):
 
 
 def _enum(kind):
-    def convert(value):
-        try:
-            return kind(value)
-        except ValueError:
-            raise ConfigError(f"expected one of {', '.join(m.value for m in kind)}, found {value!r}") from None
-
-    return convert
+    return lambda value: choice(kind.__name__.lower(), kind, value)
 
 
 def _count_field(instance, attribute, value) -> None:

@@ -10,6 +10,7 @@ whatever the vector layout.
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Callable
 
@@ -20,7 +21,6 @@ from hessfree.errors import InputError
 from hessfree.solvers.base import (
     Candidate,
     CandidateKind,
-    Curvature,
     Iterate,
     NegativeCurvature,
     SolveResult,
@@ -170,9 +170,19 @@ def zero_rhs_result(x: np.ndarray, solver: str) -> SolveResult:
         iterates=(Iterate(0, x, 0.0),),
         negative_curvature=None,
         candidates=(),
-        curvature=Curvature.GIVEN,
         solver=solver,
     )
+
+
+class Candidates(enum.Enum):
+    """Which descent candidates a solver hands the trainer."""
+
+    #: the iterates after the start, as they are (CG: never flipped; a step with gᵀx ≥ 0
+    #: is for the trainer to discard)
+    AS_IS = "as-is"
+    #: every stored iterate and the negative-curvature directions met, each turned
+    #: downhill by d̃ = −sign(gᵀd)·d (Bi-CG-STAB, as in the paper)
+    DOWNHILL = "downhill"
 
 
 @attrs.define
@@ -278,7 +288,7 @@ class Tracker:
             for d in out
         ]
 
-    def iterate_candidates(self) -> list[Candidate]:
+    def downhill_iterates(self) -> list[Candidate]:
         """Every stored iterate (x ≠ 0) as d̃ = −sign(gᵀx)·x with its curvature xᵀAx."""
         p, out = self.problem, []
         for s in self._iterates():
@@ -288,10 +298,22 @@ class Tracker:
             out.append(Candidate(p.unscale(d), p.unscale2(s.xax), p.unscale2(slope), s.iteration, CandidateKind.ITERATE))
         return out
 
+    def iterates_as_they_are(self) -> list[Candidate]:
+        """The iterates after the start (the start x₀ is no step of the solver's), unflipped,
+        with slope gᵀx = −bᵀx and curvature xᵀAx = 2(q(x) − gᵀx) (from q(x) = ½xᵀAx + gᵀx):
+        no product needed, and computed in the scaled frame, so nothing can overflow."""
+        p, out = self.problem, []
+        for s in self._iterates():
+            if s.iteration == 0:
+                continue
+            slope = p.unscale2(-s.bx)
+            out.append(Candidate(p.unscale(s.x), 2.0 * (p.unscale2(s.q) - slope), slope, s.iteration, CandidateKind.ITERATE))
+        return out
+
     def _at_zero_start(self, s: _Stored) -> bool:
         return s.iteration == 0 and self.problem.x0 is None
 
-    def result(self, solver: str, reason: StopReason, *, true_residual: bool, candidates: bool) -> SolveResult:
+    def result(self, solver: str, reason: StopReason, *, true_residual: bool, candidates: "Candidates") -> SolveResult:
         """The SolveResult for the last recorded iterate, scaled back to the caller's frame.
 
         With ``true_residual`` the residual ‖b − A·x‖ is reported: recomputed with one
@@ -309,7 +331,10 @@ class Tracker:
                 true_norm = math.inf
         scale = math.ldexp(1.0, p.exponent)
         iterates = [Iterate(s.iteration, p.unscale(s.x), p.unscale2(s.q)) for s in self._iterates()]
-        found = self.iterate_candidates() + self._direction_candidates() if candidates else []
+        if candidates is Candidates.DOWNHILL:
+            found = self.downhill_iterates() + self._direction_candidates()
+        else:
+            found = self.iterates_as_they_are()
         return SolveResult(
             x=iterates[-1].x,
             reason=reason,
@@ -323,8 +348,7 @@ class Tracker:
             iterates=iterates,
             negative_curvature=self._negative_curvature(),
             candidates=found,
-            curvature=Curvature.GIVEN,
-            solver=solver,
+                solver=solver,
         )
 
 

@@ -44,11 +44,11 @@ class StopReason(enum.Enum):
 
 
 class Curvature(enum.Enum):
-    """Which curvature operator the solve used."""
+    """Which curvature matrix a Hessian-free solve multiplies by (the solvers themselves
+    only see a matvec; the method table and the trainer choose)."""
 
-    GIVEN = "given"  # the callable passed in (CG, Bi-CG-STAB)
-    EXACT = "exact"  # matvec.exact (Hybrid)
-    GAUSS_NEWTON = "gauss_newton"  # matvec.gauss_newton (Hybrid, after negative curvature)
+    EXACT = "exact"  # the Hessian of the loss, Hv by the R-operator
+    GAUSS_NEWTON = "gauss_newton"  # JᵀH_L J, positive semi-definite
 
 
 class CandidateKind(enum.Enum):
@@ -136,7 +136,6 @@ class SolveResult:
     iterates: tuple[Iterate, ...] = attrs.field(converter=tuple)
     negative_curvature: NegativeCurvature | None
     candidates: tuple[Candidate, ...] = attrs.field(converter=tuple)
-    curvature: Curvature = attrs.field(validator=attrs.validators.instance_of(Curvature))
     solver: str
 
 
@@ -240,12 +239,14 @@ class KrylovSolver(abc.ABC):
     """A configured, stateless Krylov solver for A·x = b (the minimiser of q).
 
     Subclasses are frozen attrs classes; ``solve`` may be called any number of times, from
-    any thread, and keeps nothing between calls.
+    any thread, and keeps nothing between calls. Every solver returns its **descent
+    candidates** in ``SolveResult.candidates``, each with its slope gᵀd and curvature dᵀAd,
+    under its own rules (CG: its iterates as they are; Bi-CG-STAB: iterates and
+    negative-curvature directions turned downhill), so the trainer reads one shape.
     """
 
     name: str = "krylov"
 
-    @abc.abstractmethod
     def solve(
         self,
         matvec: MatVec,
@@ -253,12 +254,21 @@ class KrylovSolver(abc.ABC):
         x0: np.ndarray | None = None,
         *,
         dot: Dot | None = None,
-        previous: SolveResult | None = None,
         precond: np.ndarray | None = None,
     ) -> SolveResult:
         """Solve A·x = b from ``x0`` (default 0).
 
-        ``matvec(v)`` returns A·v (a new array); ``dot(a, b)`` is the inner product;
-        ``previous`` is the result of the previous outer iteration (Hybrid uses it);
-        ``precond`` is the inverse diagonal M⁻¹ of a diagonal preconditioner (positive).
+        ``matvec(v)`` returns A·v (a new array); ``dot(a, b)`` is the inner product (the
+        same code then runs on any vector layout); ``precond`` is the inverse diagonal
+        M⁻¹ of a diagonal preconditioner (positive).
         """
+        from hessfree.solvers._problem import prepare, zero_rhs_result
+
+        problem = prepare(matvec, b, x0, dot, precond)
+        if isinstance(problem, np.ndarray):
+            return zero_rhs_result(problem, self.name)
+        return self._run(problem)
+
+    @abc.abstractmethod
+    def _run(self, problem) -> SolveResult:
+        """The solver proper, on validated and rescaled inputs (b ≠ 0)."""

@@ -25,15 +25,7 @@ from typing import ClassVar
 import attrs
 import numpy as np
 
-from hessfree.solvers._problem import (
-    Problem,
-    Tracker,
-    all_finite,
-    confirm_convergence,
-    prepare,
-    start,
-    zero_rhs_result,
-)
+from hessfree.solvers._problem import Candidates, Problem, Tracker, all_finite, confirm_convergence, start
 from hessfree.solvers.base import (
     CandidateKind,
     KrylovSolver,
@@ -46,7 +38,6 @@ from hessfree.solvers.base import (
     store_growth_field,
     tolerance_field,
 )
-from hessfree.solvers.cg import check_previous
 
 
 @attrs.frozen
@@ -70,14 +61,10 @@ class BiCGStab(KrylovSolver):
     store_growth: float = store_growth_field()
     true_residual: bool = flag_field(True)
 
-    def solve(self, matvec, b, x0=None, *, dot=None, previous=None, precond=None) -> SolveResult:
-        check_previous(previous)
-        problem = prepare(matvec, b, x0, dot, precond)
-        if isinstance(problem, np.ndarray):
-            return zero_rhs_result(problem, self.name)
+    def _run(self, problem: Problem) -> SolveResult:
         tracker = Tracker.start(problem, self.max_iter, self.store_first, self.store_growth)
         reason = _iterate(self, problem, tracker)
-        return tracker.result(self.name, reason, true_residual=self.true_residual, candidates=True)
+        return tracker.result(self.name, reason, true_residual=self.true_residual, candidates=Candidates.DOWNHILL)
 
 
 def _curvature_check(tracker: Tracker, d: np.ndarray, curvature: float, i: int, kind: CandidateKind) -> None:

@@ -6,6 +6,10 @@ When pᵀAp ≤ 0, q is unbounded below along p: CG stops, keeps the current ite
 returns p (turned downhill) as a negative-curvature direction. This is the paper's
 HF-CG; if it happens at the first iteration the iterate is still x_0 and the caller
 falls back to −g.
+
+CG's descent candidates are its stored iterates after the start, as they are (never
+flipped: an iterate of CG on a positive-definite A is always downhill), each with its
+slope gᵀx and curvature xᵀAx = 2(q(x) − gᵀx), free from the recurrence.
 """
 
 from __future__ import annotations
@@ -13,18 +17,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-import numpy as np
-
-from hessfree.errors import InputError
-from hessfree.solvers._problem import (
-    Problem,
-    Tracker,
-    all_finite,
-    confirm_convergence,
-    prepare,
-    start,
-    zero_rhs_result,
-)
+from hessfree.solvers._problem import Candidates, Problem, Tracker, all_finite, confirm_convergence, start
 from hessfree.solvers.base import (
     CandidateKind,
     KrylovSolver,
@@ -37,11 +30,6 @@ from hessfree.solvers.base import (
     store_growth_field,
     tolerance_field,
 )
-
-
-def check_previous(previous) -> None:
-    if previous is not None and not isinstance(previous, SolveResult):
-        raise InputError(f"previous: expected a SolveResult or None, found {type(previous).__name__}")
 
 
 @attrs.frozen
@@ -65,18 +53,10 @@ class CG(KrylovSolver):
     store_growth: float = store_growth_field()
     true_residual: bool = flag_field(True)
 
-    def solve(self, matvec, b, x0=None, *, dot=None, previous=None, precond=None) -> SolveResult:
-        check_previous(previous)
-        problem = prepare(matvec, b, x0, dot, precond)
-        if isinstance(problem, np.ndarray):
-            return zero_rhs_result(problem, self.name)
-        return run_cg(self, problem, self.name)
-
-
-def run_cg(config: CG, problem: Problem, name: str) -> SolveResult:
-    tracker = Tracker.start(problem, config.max_iter, config.store_first, config.store_growth)
-    reason = _iterate(config, problem, tracker)
-    return tracker.result(name, reason, true_residual=config.true_residual, candidates=False)
+    def _run(self, problem: Problem) -> SolveResult:
+        tracker = Tracker.start(problem, self.max_iter, self.store_first, self.store_growth)
+        reason = _iterate(self, problem, tracker)
+        return tracker.result(self.name, reason, true_residual=self.true_residual, candidates=Candidates.AS_IS)
 
 
 def _iterate(config: CG, problem: Problem, tracker: Tracker) -> StopReason:

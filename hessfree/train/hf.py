@@ -21,80 +21,65 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import attrs
 import numpy as np
 
-from hessfree.comm import Phase, SerialComm
-from hessfree.data.dataset import Dataset
+from hessfree.comm import Phase
 from hessfree.errors import DivergedError
-from hessfree.models.base import Model
-from hessfree.solvers import BiCGStab, CG, Curvature, Hybrid, KrylovSolver, SolveResult
-from hessfree.train.batches import curvature_window, local_positions
-from hessfree.train.config import Method, TrainConfig
+from hessfree.methods import next_curvature
+from hessfree.solvers import CandidateKind, Curvature, KrylovSolver, SolveResult
+from hessfree.train.batches import curvature_window
+from hessfree.train.config import TrainConfig
 from hessfree.train.damping import quadratic_model, reduction_ratio, update_damping
-from hessfree.train.linesearch import armijo
-from hessfree.train.records import IterationRecord, add_counts, total_bytes, total_calls, zero_counts
-
-#: which curvature each HF method multiplies by (Hybrid chooses per solve)
-_METHOD_CURVATURE = {
-    Method.GN_CG: Curvature.GAUSS_NEWTON,
-    Method.HESS_CG: Curvature.EXACT,
-    Method.BICGSTAB: Curvature.EXACT,
-    Method.HYBRID: Curvature.EXACT,
-}
+from hessfree.train.linesearch import LineSearchResult, armijo
+from hessfree.train.records import IterationRecord
+from hessfree.train.trainer import Trainer, TrainState
 
 
 def make_solver(config: TrainConfig) -> KrylovSolver:
-    """The Krylov solver of an HF method (no true-residual recomputation: it costs a product).
-
-    Bi-CG-STAB runs a fixed budget, as in the paper: Martens' relative-progress test assumes
-    CG's monotone decrease of q, which Bi-CG-STAB on an indefinite Hessian does not have
-    (measured on MNIST: it stopped after ~15 steps and the run stalled).
-    """
-    common = dict(max_iter=config.krylov_max_iter, rtol=config.cg_rtol, progress_tol=config.progress_tol, true_residual=False)
-    if config.method is Method.BICGSTAB:
-        return BiCGStab(**{**common, "progress_tol": 0.0})
-    if config.method is Method.HYBRID:
-        return Hybrid(**common)
-    return CG(**common)
+    """The Krylov solver of an HF method, as the method table declares it (no true-residual
+    recomputation: it would cost a product per solve)."""
+    spec = config.method.spec
+    return spec.solver(
+        max_iter=config.krylov_max_iter,
+        rtol=config.cg_rtol,
+        progress_tol=config.progress_tol if spec.progress_test else 0.0,
+        true_residual=False,
+    )
 
 
 @attrs.frozen(kw_only=True)
-class HFState:
+class HFState(TrainState):
     """Everything an HF run carries from one outer iteration to the next."""
 
-    theta: np.ndarray
     damping: float
     delta: np.ndarray  # previous Krylov solution (warm start)
-    iteration: int = 0  # outer iterations completed
-    rejected: int = 0  # consecutive rejected steps
-    samples: int = 0  # samples pushed through the network so far (for epochs)
-    comm: dict = attrs.field(factory=zero_counts)  # cumulative collectives/bytes per phase (steps only)
-    time_s: float = 0.0
     loss: float = math.nan  # objective at theta (nan: not evaluated yet)
     train_error: float = math.nan
-    previous: SolveResult | None = None  # last solve (Hybrid's policy reads it)
+    #: the curvature of the last solve and whether it met negative curvature: all a
+    #: curvature policy (Hybrid's) needs to choose the next solve's operator
+    last_curvature: Curvature | None = attrs.field(default=None, metadata={"enum": Curvature})
+    last_negative: bool = False
 
 
 class CurvatureOperator:
     """v ↦ (allreduce Σᵢ products on the curvature batch) / b + (λ + μ)·v.
 
-    Callable with the method's default curvature; ``exact`` and ``gauss_newton`` give the
-    two operators explicitly (Hybrid-CG picks between them). Each call is one allreduce.
+    ``product`` is the batch's Gv or Hv; each call is one allreduce. ``products`` counts
+    the calls.
     """
 
-    def __init__(self, cache, comm, batch_size: int, shift: float, default: Curvature):
-        self._cache = cache
+    def __init__(self, product: Callable[[np.ndarray], np.ndarray], comm, batch_size: int, shift: float):
+        self._product = product
         self._comm = comm
         self._inv_b = 1.0 / batch_size
         self._shift = shift
-        self._default = default
         self.products = 0
 
-    def _apply(self, product: Callable, v: np.ndarray) -> np.ndarray:
-        out = product(v)
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        out = self._product(v)
         self._comm.allreduce(out, out=out)
         out *= self._inv_b
         if self._shift:
@@ -102,18 +87,9 @@ class CurvatureOperator:
         self.products += 1
         return out
 
-    def exact(self, v: np.ndarray) -> np.ndarray:
-        return self._apply(self._cache.hv, v)
-
-    def gauss_newton(self, v: np.ndarray) -> np.ndarray:
-        return self._apply(self._cache.gv, v)
-
-    def __call__(self, v: np.ndarray) -> np.ndarray:
-        return self.exact(v) if self._default is Curvature.EXACT else self.gauss_newton(v)
-
 
 @attrs.frozen
-class _Direction:
+class Direction:
     """A search direction p with its slope gᵀp, damped curvature pᵀBp and, if known, f(θ+p)."""
 
     p: np.ndarray
@@ -122,79 +98,37 @@ class _Direction:
     kind: str
     value: tuple[float, float] | None = None  # (objective, error) at θ + p, when evaluated
 
-
-# ---------------------------------------------------------------------- checkpoints
-_HF_SCALARS = ("damping", "iteration", "rejected", "samples", "comm", "time_s", "loss", "train_error")
-
-
-def hf_state_payload(state: HFState) -> tuple[dict, dict]:
-    """(arrays, scalars) of an HF state; the last solve is kept as far as Hybrid needs it."""
-    arrays = dict(theta=state.theta, delta=state.delta)
-    scalars = {key: getattr(state, key) for key in _HF_SCALARS}
-    prev = state.previous
-    if prev is not None:
-        scalars["previous"] = dict(reason=prev.reason.value, curvature=prev.curvature.value, solver=prev.solver)
-        nc = prev.negative_curvature
-        if nc is not None:
-            arrays["previous_negative_direction"] = nc.direction
-            scalars["previous"]["negative"] = dict(curvature=nc.curvature, rayleigh=nc.rayleigh, iteration=nc.iteration, kind=nc.kind.value)
-    return arrays, scalars
+    @property
+    def objective(self) -> float:
+        """f(θ + p), +∞ when it is not finite (or not evaluated)."""
+        return self.value[0] if self.value is not None and math.isfinite(self.value[0]) else math.inf
 
 
-def hf_state_from_payload(arrays: dict, scalars: dict) -> HFState:
-    from hessfree.solvers import CandidateKind, NegativeCurvature, StopReason
+@attrs.frozen
+class Choice:
+    """The chosen direction and how many objective evaluations choosing it cost."""
 
-    previous = None
-    info = scalars.get("previous")
-    if info is not None:
-        nc = None
-        if "negative" in info:
-            n = info["negative"]
-            nc = NegativeCurvature(arrays["previous_negative_direction"], n["curvature"], n["rayleigh"], n["iteration"], CandidateKind(n["kind"]))
-        previous = SolveResult(
-            x=arrays["delta"], reason=StopReason(info["reason"]), iterations=0, matvecs=0, q=math.nan, q_history=(),
-            residual_norms=(), rhs_norm=math.nan, true_residual_norm=None, iterates=(), negative_curvature=nc,
-            candidates=(), curvature=Curvature(info["curvature"]), solver=info["solver"],
-        )
-    values = {key: scalars[key] for key in _HF_SCALARS}
-    return HFState(theta=arrays["theta"].copy(), delta=arrays["delta"].copy(), previous=previous, **values)
+    direction: Direction
+    evaluations: int
 
 
+class HessianFreeTrainer(Trainer):
+    """Composes model, data shard, Krylov solver and communicator into HF training."""
 
-def _value(d: _Direction) -> float:
-    """The objective at θ + d.p, +∞ when it is not finite."""
-    return d.value[0] if math.isfinite(d.value[0]) else math.inf
+    State = HFState
 
-
-class HessianFreeTrainer:
-    """Composes model, data shard, Krylov solver and communicator into HF training.
-
-    ``step(state) -> (state, record)`` runs one outer iteration; ``run`` iterates it.
-    """
-
-    state_payload = staticmethod(hf_state_payload)
-    state_from_payload = staticmethod(hf_state_from_payload)
-
-    def __init__(self, model: Model, data: Dataset, config: TrainConfig, comm=None, solver: KrylovSolver | None = None):
+    def __init__(self, model, data, config: TrainConfig, comm=None, solver: KrylovSolver | None = None):
         if not config.method.is_hessian_free:
             raise ValueError(f"HessianFreeTrainer runs HF methods, not {config.method.value}")
-        self.model = model
-        self.config = config
-        self.comm = comm if comm is not None else SerialComm()
+        super().__init__(model, data, config, comm)
         self.solver = solver if solver is not None else make_solver(config)
-        self.train = model.batch(data.X_train, data.y_train)
-        self.test = model.batch(data.X_test, data.y_test) if data.has_test else None
-        self.n_train = data.n_train_global
-        self.n_test = data.n_test_global
-        self.rows = data.shard.train_rows if data.shard is not None else range(data.n_train)
-        self.batch_size = min(config.global_batch, self.n_train)
-        self.dtype = np.dtype(getattr(model, "dtype", np.float64))
-        self._last_cache = None
-        self._gbuf = np.empty(model.n_params + 1, dtype=np.float64 if self.dtype == np.float64 else self.dtype)
+        #: the last curvature batch's forward pass, whose buffers the next one reuses
+        #: (memory only: no result depends on it)
+        self.workspace = None
 
     # ------------------------------------------------------------------ state
     def initial_state(self, theta: np.ndarray | None = None) -> HFState:
-        theta = self.model.init_params(self.config.seed) if theta is None else np.array(theta, dtype=self.dtype)
+        theta = self.initial_theta(theta)
         return HFState(theta=theta, damping=self.config.damping, delta=np.zeros_like(theta))
 
     # ------------------------------------------------------------------ phases
@@ -202,94 +136,74 @@ class HessianFreeTrainer:
         """(f(θ), training error) over all ranks: one scalar allreduce."""
         loss, wrong = self.model.evaluate(theta, self.train)
         total = self.comm.allreduce_scalars(loss, wrong)
-        return self._regularised(total[0] / self.n_train, theta), total[1] / self.n_train
-
-    def _regularised(self, mean_loss: float, theta: np.ndarray) -> float:
-        mu = self.config.weight_decay
-        return float(mean_loss + 0.5 * mu * float(theta @ theta)) if mu else float(mean_loss)
+        return self.regularised(total[0] / self.n_train, theta), total[1] / self.n_train
 
     def gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """(f(θ), ∇f(θ)): local chunked sums, one allreduce of [Σ∇ℓ, Σℓ]."""
         loss, grad = self.model.loss_grad(theta, self.train)
-        buf = self._gbuf
-        buf[:-1] = grad
-        buf[-1] = loss
-        self.comm.allreduce(buf, out=buf)
-        g = (buf[:-1] / self.n_train).astype(self.dtype, copy=False)
-        if self.config.weight_decay:
-            g = g + self.config.weight_decay * theta
-        return self._regularised(float(buf[-1]) / self.n_train, theta), g
+        return self.reduced_gradient(loss, grad, self.n_train, theta)
 
-    def curvature_operator(self, theta: np.ndarray, iteration: int, damping: float) -> CurvatureOperator:
+    def curvature_operator(self, theta: np.ndarray, iteration: int, damping: float, curvature: Curvature) -> CurvatureOperator:
         """The damped curvature of batch ``iteration`` (its forward pass computed here, once)."""
-        rows = local_positions(self.rows, curvature_window(iteration, self.batch_size, self.n_train))
-        X = self.train.X[rows]
-        y = self.train.labels[rows] if self.train.labels is not None else self.train.targets[rows]
-        cache = self.model.forward(theta, X, y, recycle=self._last_cache)
-        self._last_cache = cache  # its buffers serve the next iteration's forward pass
-        default = _METHOD_CURVATURE[self.config.method]
-        return CurvatureOperator(cache, self.comm, self.batch_size, damping + self.config.weight_decay, default)
+        X, y = self.local_rows(curvature_window(iteration, self.batch_size, self.n_train))
+        cache = self.model.forward(theta, X, y, recycle=self.workspace)
+        self.workspace = cache
+        product = cache.hv if curvature is Curvature.EXACT else cache.gv
+        return CurvatureOperator(product, self.comm, self.batch_size, damping + self.config.weight_decay)
 
     def solve(self, op: CurvatureOperator, g: np.ndarray, state: HFState) -> SolveResult:
         """Krylov solve of B·d = −g from the warm start η·δ_{k−1}."""
-        x0 = self.config.warm_start * state.delta
-        return self.solver.solve(op, -g, x0, previous=state.previous)
+        return self.solver.solve(op, -g, self.config.warm_start * state.delta)
 
-    def candidates(self, result: SolveResult, g: np.ndarray) -> tuple[list[_Direction], list[_Direction]]:
-        """(walk-back sequence, extra candidates) from a solve, each with slope and curvature.
+    def candidates(self, result: SolveResult) -> tuple[list[Direction], list[Direction]]:
+        """(walk-back sequence, extra candidates) from the solver's descent candidates.
 
-        The walk-back sequence runs from the last stored iterate backwards; Bi-CG-STAB's
-        negative-curvature directions are extra candidates evaluated on their own.
+        The walk-back sequence is the iterates from the last backwards; the solver's
+        negative-curvature directions are extra candidates evaluated on their own. A
+        candidate that is not a descent direction (gᵀp ≥ 0) is never taken.
         """
         walk, extra = [], []
-        if result.candidates:
-            for c in sorted(result.candidates, key=lambda c: -c.iteration):
-                d = _Direction(np.asarray(c.direction), float(c.slope), float(c.curvature), c.kind.value)
-                (walk if c.kind.value == "iterate" else extra).append(d)
-        else:
-            # iterate 0 is the warm start itself, not a solver step: when CG meets negative
-            # curvature at once, the paper's rule is −g (below), not x0
-            for it in sorted((it for it in result.iterates if it.iteration > 0), key=lambda it: -it.iteration):
-                slope = float(g @ it.x)
-                # q(x) = ½xᵀBx + gᵀx, so xᵀBx = 2(q − gᵀx): no extra product needed
-                walk.append(_Direction(np.asarray(it.x), slope, 2.0 * (it.q - slope), "iterate"))
+        for c in sorted(result.candidates, key=lambda c: -c.iteration):
+            d = Direction(np.asarray(c.direction), float(c.slope), float(c.curvature), c.kind.value)
+            (walk if c.kind is CandidateKind.ITERATE else extra).append(d)
         walk = [d for d in walk if d.slope < 0 and np.any(d.p)]
         extra = [d for d in extra if d.slope < 0]
         if not self.config.backtracking:
             walk = walk[:1]
         return walk, extra
 
-    def choose_direction(self, result: SolveResult, g: np.ndarray, theta: np.ndarray, op: CurvatureOperator) -> _Direction:
+    def choose_direction(self, result: SolveResult, g: np.ndarray, theta: np.ndarray, op: CurvatureOperator) -> Choice:
         """CG-backtracking: walk back from the last iterate while f(θ + p) decreases.
 
-        The candidates are the solver's iterates x_j (for Bi-CG-STAB turned downhill,
-        d̃ = −sign(gᵀx_j)·x_j, as in the paper; their curvature may be negative). A
-        non-finite objective counts as +∞, so the walk continues past it. Only when no
-        iterate is a descent direction are the negative-curvature search directions tried
+        A non-finite objective counts as +∞, so the walk continues past it. Only when no
+        iterate is a descent direction are the negative-curvature directions tried
         (their length is arbitrary: as rivals of the iterates they win short, poor steps),
         and −g after them.
         """
-        walk, extra = self.candidates(result, g)
-        best: _Direction | None = None
+        walk, extra = self.candidates(result)
+        best: Direction | None = None
+        evaluations = 0
         for d in walk:
             d = attrs.evolve(d, value=self.objective(theta + d.p))
-            if best is not None and math.isfinite(_value(best)) and not _value(d) < _value(best):
+            evaluations += 1
+            if best is not None and math.isfinite(best.objective) and not d.objective < best.objective:
                 break
-            if best is None or _value(d) < _value(best):
+            if best is None or d.objective < best.objective:
                 best = d
         if best is None:
             for d in extra:
                 d = attrs.evolve(d, value=self.objective(theta + d.p))
-                if best is None or _value(d) < _value(best):
+                evaluations += 1
+                if best is None or d.objective < best.objective:
                     best = d
         if best is None:  # nothing usable (e.g. negative curvature at the first CG step): −g
             p = -g
             with self.comm.phase(Phase.CURVATURE):
                 curvature = float(p @ op(p))
-            best = _Direction(p, float(g @ p), curvature, "gradient")
-        return best
+            best = Direction(p, float(g @ p), curvature, "gradient")
+        return Choice(best, evaluations)
 
-    def line_search(self, theta: np.ndarray, f0: float, d: _Direction):
+    def line_search(self, theta: np.ndarray, f0: float, d: Direction) -> LineSearchResult:
         """Armijo backtracking along d.p from α = 1 (its value reused if already known)."""
         cfg = self.config
         return armijo(
@@ -302,7 +216,7 @@ class HessianFreeTrainer:
             first=d.value,
         )
 
-    def new_damping(self, state: HFState, d: _Direction, alpha: float, f0: float, f_new: float) -> tuple[float, float]:
+    def new_damping(self, state: HFState, d: Direction, alpha: float, f0: float, f_new: float) -> tuple[float, float]:
         """(ρ, λ') from the undamped quadratic model along the accepted step α·p."""
         if alpha <= 0:
             return -math.inf, update_damping(state.damping, -math.inf, self.config)
@@ -328,15 +242,16 @@ class HessianFreeTrainer:
         if not (math.isfinite(f0) and np.all(np.isfinite(g))):
             raise DivergedError(f"iteration {state.iteration + 1}: the objective or its gradient is not finite at the current parameters")
         t1 = time.perf_counter()
+        curvature = next_curvature(self.config.method, state.last_curvature, state.last_negative)
         with comm.phase(Phase.CURVATURE):
-            op = self.curvature_operator(state.theta, state.iteration, state.damping)
+            op = self.curvature_operator(state.theta, state.iteration, state.damping, curvature)
             result = self.solve(op, g, state)
         t2 = time.perf_counter()
         with comm.phase(Phase.LINE_SEARCH):
-            evals0 = comm.counts().line_search.collectives
-            d = self.choose_direction(result, g, state.theta, op)
+            choice = self.choose_direction(result, g, state.theta, op)
+            d = choice.direction
             ls = self.line_search(state.theta, f0, d)
-            evals = comm.counts().line_search.collectives - evals0
+            evals = choice.evaluations + ls.trials
         t3 = time.perf_counter()
         rho, damping = self.new_damping(state, d, ls.alpha, f0, ls.value)
         if ls.accepted:
@@ -344,10 +259,8 @@ class HessianFreeTrainer:
         else:
             theta, loss, train_error, rejected = state.theta, f0, state.train_error, state.rejected + 1
         test_error = self.test_error(theta)
-        b = self.batch_size
-        samples = state.samples + self.n_train * (1 + evals) + b * (1 + op.products)
-        elapsed = time.perf_counter() - t0
-        new_state = attrs.evolve(
+        samples = state.samples + self.n_train * (1 + evals) + self.batch_size * (1 + op.products)
+        new = attrs.evolve(
             state,
             theta=theta,
             damping=damping,
@@ -355,21 +268,19 @@ class HessianFreeTrainer:
             iteration=state.iteration + 1,
             rejected=rejected,
             samples=samples,
-            time_s=state.time_s + elapsed,
-            comm=add_counts(state.comm, comm.counts() - counts0),
+            time_s=state.time_s + time.perf_counter() - t0,
+            comm=state.comm + self.counts_since(counts0),
             loss=loss,
             train_error=train_error if train_error is not None else math.nan,
-            previous=result,
+            last_curvature=curvature,
+            last_negative=result.negative_curvature is not None,
         )
-        record = IterationRecord(
-            iteration=new_state.iteration,
-            epochs=samples / self.n_train,
-            comm_calls=total_calls(new_state.comm),
-            comm_bytes=total_bytes(new_state.comm),
+        record = self.record(
+            new,
+            new.iteration,
             loss=loss,
-            train_error=new_state.train_error,
+            train_error=new.train_error,
             test_error=test_error,
-            time_s=new_state.time_s,
             time_gradient_s=t1 - t0,
             time_solve_s=t2 - t1,
             time_line_search_s=t3 - t2,
@@ -381,23 +292,13 @@ class HessianFreeTrainer:
             step_size=ls.alpha,
             negative_curvature=result.negative_curvature is not None,
             stop_reason=result.reason.value,
-            curvature=result.curvature.value,
+            curvature=curvature.value,
             direction=d.kind,
             accepted=ls.accepted,
-            comm_phases=new_state.comm,
         )
-        return new_state, record
+        return new, record
 
-    def run(self, state: HFState, iterations: int) -> Iterator[tuple[HFState, IterationRecord]]:
-        """Steps until ``state.iteration == iterations`` (the total, so resuming continues the count).
-
-        Raises DivergedError after ``max_rejected`` consecutive rejected steps.
-        """
-        while state.iteration < iterations:
-            state, record = self.step(state)
-            yield state, record
-            if state.rejected >= self.config.max_rejected:
-                raise DivergedError(
-                    f"iteration {state.iteration}: {state.rejected} consecutive steps rejected (λ = {state.damping:.3g}); training diverged"
-                )
-
+    def divergence(self, state: HFState, record: IterationRecord) -> str | None:
+        if state.rejected >= self.config.max_rejected:
+            return f"iteration {state.iteration}: {state.rejected} consecutive steps rejected (λ = {state.damping:.3g}); training diverged"
+        return None

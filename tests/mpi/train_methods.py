@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from hessfree.comm import make_comm
-from hessfree.train.session import Session, make_run_config
+from hessfree.train import make_run_config
+from hessfree.train.run import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train_cases import METHODS, case_config  # noqa: E402
@@ -18,11 +19,8 @@ def main(out: str) -> None:
     comm = make_comm("mpi", timeout=60)
     result = {}
     for method in METHODS:
-        session = Session(make_run_config(case_config(method)), comm)
-        trainer = session.trainer
-        state = trainer.initial_state()
-        total = session.config.train.iterations if session.config.train.method.is_hessian_free else session.config.train.epochs
-        result[method] = [record.as_dict() for _, record in trainer.run(state, total)]
+        history = run(make_run_config(case_config(method)), comm=comm).history
+        result[method] = [record.as_dict() for record in history]
     Path(out, f"rank{comm.rank}.json").write_text(json.dumps(result))
 
 

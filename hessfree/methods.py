@@ -1,0 +1,122 @@
+"""The method table: every training method declared once.
+
+Each member of :class:`Method` carries a :class:`MethodSpec` with everything the rest of
+the package needs to know about it: its family (Hessian-free or first-order), the
+curvature its Krylov solves multiply by and the policy that may switch it, the solver
+class and its defaults (iteration cap, whether Martens' progress test applies), the
+default global batch, how many curvature products one Krylov iteration costs (the cost
+model's count), and, for first-order methods, the update rule.
+
+The trainer, :class:`~hessfree.train.config.TrainConfig`, the cost model and the CLI's
+choices all read this table. Adding a method is one entry here (plus, for a new solver or
+update rule, one class); see the README's development section.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from hessfree.solvers import BiCGStab, CG, Curvature, KrylovSolver
+
+
+class Family(enum.Enum):
+    HESSIAN_FREE = "hessian-free"
+    FIRST_ORDER = "first-order"
+
+
+class CurvaturePolicy(enum.Enum):
+    """Which curvature each solve of an HF method uses."""
+
+    FIXED = "fixed"  # always ``MethodSpec.curvature``
+    #: the paper's Hybrid: the exact Hessian, except for the one solve right after a solve
+    #: that met negative curvature on it, which uses the Gauss-Newton matrix (PSD, so that
+    #: solve is guaranteed a Newton-type descent step); then the exact Hessian again
+    GAUSS_NEWTON_AFTER_NEGATIVE = "gauss-newton-after-negative"
+
+
+class Update(enum.Enum):
+    """First-order update rules (see ``hessfree.train.firstorder``)."""
+
+    SGD = "sgd"  # θ ← θ − η·g
+    MOMENTUM = "momentum"  # v ← μ·v − η·g, θ ← θ + v
+
+
+@attrs.frozen(kw_only=True)
+class MethodSpec:
+    """What one method is (see the module docstring)."""
+
+    family: Family
+    summary: str
+    default_batch: int
+    # Hessian-free methods
+    curvature: Curvature | None = None
+    policy: CurvaturePolicy = CurvaturePolicy.FIXED
+    solver: type[KrylovSolver] | None = None
+    krylov_max_iter: int = 0
+    #: Martens' relative-progress stop; off for Bi-CG-STAB, whose q is not monotone on an
+    #: indefinite Hessian (measured on MNIST: it stopped after ~15 steps and stalled)
+    progress_test: bool = True
+    products_per_krylov_step: int = 1
+    # first-order methods
+    update: Update | None = None
+
+    @property
+    def is_hessian_free(self) -> bool:
+        return self.family is Family.HESSIAN_FREE
+
+
+def _hf(summary: str, curvature: Curvature, solver: type[KrylovSolver], **options) -> MethodSpec:
+    # 1000 samples: Martens-size curvature batch; 250 Krylov iterations: Martens' CG cap
+    options = {"krylov_max_iter": 250, **options}
+    return MethodSpec(family=Family.HESSIAN_FREE, summary=summary, default_batch=1000, curvature=curvature, solver=solver, **options)
+
+
+def _first_order(summary: str, update: Update) -> MethodSpec:
+    # 64 samples: the paper's SGD mini-batch
+    return MethodSpec(family=Family.FIRST_ORDER, summary=summary, default_batch=64, update=update)
+
+
+class Method(enum.Enum):
+    """Training methods, named as on the command line; ``Method.X.spec`` says what each is."""
+
+    GN_CG = "gn-cg", _hf("Gauss-Newton curvature + CG (Martens)", Curvature.GAUSS_NEWTON, CG)
+    HESS_CG = "hess-cg", _hf("exact Hessian + CG, stops on negative curvature", Curvature.EXACT, CG)
+    BICGSTAB = "bicgstab", _hf(
+        "exact Hessian + Bi-CG-STAB with negative-curvature candidates (the paper)",
+        Curvature.EXACT,
+        BiCGStab,
+        # a fixed budget of 50 iterations (100 products), as the paper runs it
+        krylov_max_iter=50,
+        progress_test=False,
+        products_per_krylov_step=2,
+    )
+    HYBRID = "hybrid", _hf(
+        "exact Hessian + CG, Gauss-Newton for the solve after negative curvature",
+        Curvature.EXACT,
+        CG,
+        policy=CurvaturePolicy.GAUSS_NEWTON_AFTER_NEGATIVE,
+    )
+    SGD = "sgd", _first_order("data-parallel mini-batch SGD", Update.SGD)
+    MSGD = "msgd", _first_order("data-parallel momentum SGD", Update.MOMENTUM)
+
+    def __new__(cls, value: str, spec: MethodSpec):
+        member = object.__new__(cls)
+        member._value_ = value
+        member.spec = spec
+        return member
+
+    @property
+    def is_hessian_free(self) -> bool:
+        return self.spec.is_hessian_free
+
+
+def next_curvature(method: Method, last_curvature: Curvature | None, last_negative: bool) -> Curvature:
+    """The curvature of the next solve, from the previous solve's curvature and whether it
+    met negative curvature (the HF state carries both)."""
+    spec = method.spec
+    if spec.policy is CurvaturePolicy.GAUSS_NEWTON_AFTER_NEGATIVE:
+        if last_negative and last_curvature is not Curvature.GAUSS_NEWTON:
+            return Curvature.GAUSS_NEWTON
+    return spec.curvature

@@ -1,0 +1,267 @@
+"""``fit``: the one way to run training, from a notebook, a benchmark or the CLI.
+
+    from hessfree.data import load_dataset
+    from hessfree.models import MLP
+    from hessfree.train import TrainConfig, fit
+
+    data = load_dataset("digits")
+    model = MLP([data.n_features, 100, data.n_classes])
+    result = fit(model, data, TrainConfig(method="gn-cg", iterations=20))
+    result.history[-1].train_error
+
+``fit`` compiles the kernels before the first timed phase, resumes from a checkpoint if
+asked, runs the method's steps, writes checkpoints, keeps the simulated cluster clock,
+turns divergence into a result (never an exit), and calls the callbacks with every
+record. It never prints. On several ranks every rank calls ``fit`` with its own
+communicator and data shard (see :func:`hessfree.train.run.run` for a whole run from a
+:class:`~hessfree.train.runconfig.RunConfig`); callbacks run on rank 0 only, and a
+callback's request to stop is broadcast, so every rank stops at the same iteration.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import attrs
+import numpy as np
+
+from hessfree import checkpoint
+from hessfree.comm import Communicator, SerialComm, warm_numba_cache
+from hessfree.data.dataset import Dataset
+from hessfree.errors import DivergedError
+from hessfree.methods import Family
+from hessfree.models.base import Model
+from hessfree.train.config import TrainConfig
+from hessfree.train.firstorder import FirstOrderTrainer
+from hessfree.train.hf import HessianFreeTrainer
+from hessfree.train.records import IterationRecord
+from hessfree.train.trainer import Trainer, TrainState
+from hessfree.validate import config, int_field, real_field
+
+#: the trainer of each method family (the method table says which family a method is)
+TRAINERS = {Family.HESSIAN_FREE: HessianFreeTrainer, Family.FIRST_ORDER: FirstOrderTrainer}
+
+
+def make_trainer(model: Model, data: Dataset, config: TrainConfig, comm: Communicator | None = None) -> Trainer:
+    """The trainer of the configured method."""
+    return TRAINERS[config.method.spec.family](model, data, config, comm)
+
+
+class Status(enum.Enum):
+    COMPLETED = "ok"  # ran to the configured length
+    STOPPED = "stopped"  # a callback asked to stop (early stopping)
+    DIVERGED = "diverged"  # the method could not make progress
+
+
+@attrs.frozen(kw_only=True)
+class RunInfo:
+    """What a run is, for callbacks' ``on_start`` (metrics headers, progress lines)."""
+
+    method: str
+    layers: tuple[int, ...]
+    n_params: int
+    data: str
+    n_train: int
+    n_test: int
+    ranks: int
+    backend: str
+    start: int  # iterations (HF) or epochs already done (a resumed run starts later)
+    total: int
+    resumed_from: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class FitResult:
+    """How a run ended, its final state and every record of this call."""
+
+    status: Status
+    message: str
+    state: TrainState
+    history: tuple[IterationRecord, ...]
+
+    @property
+    def last(self) -> IterationRecord | None:
+        return self.history[-1] if self.history else None
+
+    def summary(self) -> dict:
+        """JSON-ready: status, iterations done, and the last record's main numbers."""
+        out = dict(status=self.status.value, message=self.message, iterations=self.state.iteration)
+        last = self.last
+        if last is not None:
+            out.update(
+                sim_time_s=last.sim_time_s, loss=last.loss, train_error=last.train_error, test_error=last.test_error,
+                time_s=last.time_s, epochs=last.epochs, comm_calls=last.comm_calls, comm_bytes=last.comm_bytes,
+            )
+        return out
+
+
+class Callback:
+    """Hooks called on rank 0. Override what you need; ``on_iteration`` may return True
+    to stop the run after this iteration (all ranks stop together)."""
+
+    def on_start(self, info: RunInfo) -> None:
+        pass
+
+    def on_iteration(self, record: IterationRecord, state: TrainState) -> bool | None:
+        return None
+
+    def on_end(self, result: FitResult) -> None:
+        pass
+
+
+@config
+class Checkpointing:
+    """Where and how often ``fit`` saves the full training state (atomically, verified)."""
+
+    directory: str | Path = attrs.field(converter=Path)
+    every: int = int_field(1)
+    keep: int = int_field(2)
+
+
+@config
+class Simulation:
+    """Report simulated cluster time: collectives charged by an α–β ``network`` with the
+    ``collective`` algorithm, compute measured here times ``compute_scale``."""
+
+    network: object  # hessfree.cost.Network
+    collective: str = "ring"
+    compute_scale: float = real_field(1.0, low=0, low_open=True)
+
+
+def warm_kernels(model: Model) -> None:
+    """Compile (or load from numba's cache) every kernel a run uses, on a tiny batch."""
+    theta = model.init_params(0)
+    X = np.zeros((2, model.n_inputs), dtype=model.dtype)
+    y = np.zeros(2, dtype=np.int64)
+    model.loss_grad(theta, X, y)
+    model.evaluate(theta, X, y)
+    cache = model.forward(theta, X, y)
+    cache.gv(theta)
+    cache.hv(theta)
+
+
+def identity_of(model: Model, data: Dataset, config: TrainConfig, ranks: int) -> dict:
+    """The settings that determine a trajectory (checkpoints of another one are refused)."""
+    train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(config).items()}
+    for key in ("iterations", "epochs", "max_rejected"):
+        train.pop(key)
+    return dict(
+        model=_architecture(model), data=data.name, n_train=data.n_train_global, n_test=data.n_test_global,
+        ranks=ranks, train=train,
+    )
+
+
+def _architecture(model: Model) -> dict:
+    activation = getattr(model, "activations", None) or getattr(model, "activation", None)
+    return dict(
+        layers=list(model.layers),
+        activation=[str(getattr(a, "value", a)) for a in activation] if isinstance(activation, (list, tuple)) else str(getattr(activation, "value", activation)),
+        loss=str(getattr(getattr(model, "loss_kind", None), "value", getattr(model, "loss_name", ""))),
+        dtype=str(np.dtype(model.dtype)),
+    )
+
+
+def identity_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def fit(
+    model: Model,
+    data: Dataset,
+    config: TrainConfig,
+    comm: Communicator | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    checkpoints: Checkpointing | None = None,
+    resume: bool = False,
+    simulate: Simulation | None = None,
+    identity: dict | None = None,
+    theta: np.ndarray | None = None,
+    warm_up: bool = True,
+) -> FitResult:
+    """Train ``model`` on this rank's ``data`` shard with ``config``; see the module docstring.
+
+    ``checkpoints`` saves every ``every`` iterations (HF) or epochs (first-order) and at the
+    end; ``resume`` continues from the newest verified checkpoint there (refused, with the
+    differing settings named, if it belongs to another configuration: ``identity``, by
+    default the model, data, method settings and rank count). ``theta`` starts from given
+    parameters instead of the seeded initialisation. Raises only for bad input, I/O and
+    communication failures; divergence and early stops are a :class:`FitResult` status.
+    """
+    raw = comm if comm is not None else SerialComm()
+    comm = _simulated(raw, simulate)
+    lead = comm.rank == 0
+    trainer = make_trainer(model, data, config, comm)
+    if warm_up:
+        warm_numba_cache(comm, lambda: warm_kernels(model))
+    clock_zero = getattr(comm, "clock", None)  # the simulated clock starts after the warm-up
+    identity = identity if identity is not None else identity_of(model, data, config, comm.size)
+    state, resumed, warnings = trainer.initial_state(theta), None, ()
+    if resume:
+        if checkpoints is None:
+            raise checkpoint.CheckpointError("resume: needs a checkpoint directory")
+        loaded = checkpoint.load_latest(checkpoints.directory, identity, identity_hash(identity))
+        state = trainer.state_from_payload(loaded.arrays, loaded.scalars)
+        resumed, warnings = f"iteration {state.iteration} in {checkpoints.directory}", loaded.warnings
+        if clock_zero is not None:
+            clock_zero -= loaded.scalars.get("sim_time_s") or 0.0
+    total = config.run_length
+    hooks = list(callbacks) if lead else []
+    info = RunInfo(
+        method=config.method.value, layers=tuple(model.layers), n_params=model.n_params, data=data.name,
+        n_train=data.n_train_global, n_test=data.n_test_global, ranks=comm.size, backend=type(raw).__name__,
+        start=state.iteration, total=total, resumed_from=resumed, warnings=tuple(warnings),
+    )
+    for hook in hooks:
+        hook.on_start(info)
+    history: list[IterationRecord] = []
+    status, message = Status.COMPLETED, ""
+    try:
+        for state, record in trainer.run(state, total):
+            if clock_zero is not None:
+                record = attrs.evolve(record, sim_time_s=comm.clock - clock_zero)
+            history.append(record)
+            if checkpoints is not None and (state.iteration % checkpoints.every == 0 or state.iteration == total):
+                _save(trainer, state, record, checkpoints, identity, lead, raw)
+            stop = any([bool(hook.on_iteration(record, state)) for hook in hooks])
+            if _agreed(raw, stop) and state.iteration < total:
+                status, message = Status.STOPPED, f"stopped by a callback after {state.iteration} of {total}"
+                break
+    except DivergedError as exc:
+        status, message = Status.DIVERGED, str(exc)
+    result = FitResult(status=status, message=message, state=state, history=tuple(history))
+    for hook in hooks:
+        hook.on_end(result)
+    return result
+
+
+def _simulated(comm: Communicator, simulate: Simulation | None) -> Communicator:
+    if simulate is None:
+        return comm
+    from hessfree.cost import simulated_comm
+
+    return simulated_comm(comm, simulate.network, simulate.collective, compute_scale=simulate.compute_scale)
+
+
+def _save(trainer: Trainer, state, record, policy: Checkpointing, identity: dict, lead: bool, comm: Communicator) -> None:
+    """Rank 0 writes the checkpoint; no rank runs ahead of it (a barrier, not metered in
+    the records: they count only the steps' collectives)."""
+    if lead:
+        arrays, scalars = trainer.state_payload(state)
+        scalars["sim_time_s"] = record.sim_time_s
+        checkpoint.save(policy.directory, state.iteration, arrays, scalars, identity, identity_hash(identity), keep=policy.keep)
+    comm.barrier()
+
+
+def _agreed(comm: Communicator, stop: bool) -> bool:
+    """Rank 0's stop decision on every rank (one tiny broadcast when there are several)."""
+    if comm.size == 1:
+        return stop
+    flag = np.array([1 if stop else 0], dtype=np.int64)
+    comm.bcast(flag, root=0)
+    return bool(flag[0])
