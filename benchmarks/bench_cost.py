@@ -43,17 +43,16 @@ def run_config(args) -> dict:
 
 def measure(comm, args) -> dict:
     """Per-iteration phase times and counts of a short bicgstab run on this communicator."""
-    from hessfree.cli.run import _warm_kernels
-    from hessfree.comm import warm_numba_cache
-    from hessfree.train.session import Session, make_run_config
+    from hessfree.train import fit, make_run_config
+    from hessfree.train.run import build
 
-    session = Session(make_run_config(run_config(args)), comm)
-    warm_numba_cache(comm, lambda: _warm_kernels(session))
+    config = make_run_config(run_config(args))
+    data, model = build(config, comm)
     rows = []
-    for _, r in session.run(session.initial_state(), args.iterations):
+    for r in fit(model, data, config.train, comm).history:
         rows.append(dict(gradient=r.time_gradient_s, solve=r.time_solve_s, line_search=r.time_line_search_s,
                          products=r.curvature_products, ls=r.line_search_evals, cg=r.cg_iterations))
-    return dict(rows=rows, n_train=session.data.n_train_global, n_test=session.data.n_test_global)
+    return dict(rows=rows, n_train=data.n_train_global, n_test=data.n_test_global)
 
 
 def predict(run: dict, node, network, P: int, args) -> list[dict]:

@@ -13,18 +13,17 @@ import argparse
 import json
 from pathlib import Path
 
-from hessfree.comm import SerialComm
-from hessfree.train.session import Session, make_run_config
+from hessfree.methods import Method
+from hessfree.train import make_run_config
+from hessfree.train.run import run as run_config
 
-METHODS = ["gn-cg", "hess-cg", "bicgstab", "hybrid", "sgd", "msgd"]
+METHODS = [m.value for m in Method]
 
 
 def run(method: str, iterations: int, epochs: int) -> dict:
     config = make_run_config(dict(method=method, iterations=iterations, epochs=epochs, seed=0))
-    session = Session(config, SerialComm())
-    trainer = session.trainer
-    total = iterations if config.train.method.is_hessian_free else epochs
-    records = [r for _, r in trainer.run(trainer.initial_state(), total)]
+    total = config.train.run_length
+    records = list(run_config(config).history)
     last = records[-1]
     return dict(method=method, steps=total, loss=last.loss, train_error=last.train_error, test_error=last.test_error,
                 epochs=last.epochs, comm_calls=last.comm_calls, comm_bytes=last.comm_bytes, time_s=last.time_s,
@@ -44,7 +43,7 @@ def main() -> None:
     print("| method | iterations / epochs | objective | train error | test error | effective epochs | collectives | time (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        unit = "epochs" if r["method"] in ("sgd", "msgd") else "iterations"
+        unit = "iterations" if Method(r["method"]).is_hessian_free else "epochs"
         print(f"| {r['method']} | {r['steps']} {unit} | {r['loss']:.2e} | {100 * r['train_error']:.2f}% | {100 * r['test_error']:.2f}% | "
               f"{r['epochs']:.0f} | {r['comm_calls']} | {r['time_s']:.1f} |")
 

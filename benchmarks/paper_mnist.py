@@ -18,8 +18,8 @@ import os
 import time
 from pathlib import Path
 
-from hessfree.comm import SerialComm
-from hessfree.train.session import Session, make_run_config
+from hessfree.train import make_run_config
+from hessfree.train.run import run as run_config
 
 HERE = Path(__file__).resolve().parent
 HF_METHODS = ["gn-cg", "hess-cg", "bicgstab", "hybrid"]
@@ -33,12 +33,9 @@ def run(method: str, args, **extra) -> dict:
              iterations=args.iterations, epochs=args.epochs, batch_size=args.batch if hf else 64,
              cg_max_iter=args.cg_max_iter, **extra)
     )
-    session = Session(config, SerialComm())
-    trainer = session.trainer
-    total = args.iterations if hf else args.epochs
     t0 = time.perf_counter()
     curve = []
-    for step, (_, r) in enumerate(trainer.run(trainer.initial_state(), total), start=1):
+    for step, r in enumerate(run_config(config).history, start=1):
         curve.append(dict(iteration=step, epochs=r.epochs, comm_calls=r.comm_calls, loss=r.loss,
                           train_error=r.train_error, test_error=r.test_error, negative_curvature=r.negative_curvature))
     return dict(method=method, settings=dict(batch=config.train.global_batch, **extra), seconds=time.perf_counter() - t0, curve=curve)

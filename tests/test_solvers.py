@@ -9,7 +9,7 @@ import attrs
 import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hessfree.errors import ConfigError, InputError
@@ -117,11 +117,17 @@ def test_spd_solution_matches_numpy(n, log_kappa, dtype, which, seed):
 
 @settings(max_examples=20)
 @given(n=st.integers(2, 120), log_kappa=st.floats(0.0, 5.0), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 999))
+@example(n=2, log_kappa=5.0, dtype=np.float32, seed=1)  # failed the old, float64-minded slack
 def test_cg_model_value_decreases_monotonically(n, log_kappa, dtype, seed):
-    A, b = spd(n, 10.0**log_kappa, dtype, seed)
+    kappa = 10.0**log_kappa
+    A, b = spd(n, kappa, dtype, seed)
     result = CG(rtol=1e-6 if dtype is np.float64 else 1e-3, progress_tol=0.0, max_iter=3 * n + 10).solve(lambda v: A @ v, b)
     q = np.array(result.q_history)
-    slack = 1e-5 if dtype is np.float32 else 1e-12
+    # monotone in exact arithmetic; in floating point, once the residual is down to the
+    # attainable accuracy (~eps·κ relative: reached before rtol in float32 at κ ≳ 1e4) the
+    # iterates wander by rounding, and q with them by up to ~eps·κ relative
+    # (float32, n = 2, κ = 1e5: +6e-5 relative after CG had converged in two steps)
+    slack = max(1e-5 if dtype is np.float32 else 1e-12, 10 * float(np.finfo(dtype).eps) * kappa)
     assert q[0] == 0.0 and q[-1] < 0.0
     assert (np.diff(q) <= slack * np.abs(q[1:])).all()
     assert result.q == pytest.approx(q[-1])

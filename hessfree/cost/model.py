@@ -46,7 +46,6 @@ from hessfree.comm.base import CommCounts, PhaseCounts
 from hessfree.cost._checks import count
 from hessfree.cost.compute import NodeSpec, Work, check_layers, n_params
 from hessfree.cost.network import Collective, Network
-from hessfree.errors import ConfigError
 from hessfree.methods import Method
 from hessfree.validate import choice
 from hessfree.solvers import Curvature
