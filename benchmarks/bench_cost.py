@@ -21,7 +21,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 
@@ -92,12 +91,12 @@ def mpi_worker(args) -> None:
 
 
 def run_mpi(args) -> dict:
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    mpirun = Path(sys.executable).parent / "mpirun"
-    cmd = [str(mpirun), "-n", "2", sys.executable, "-m", "mpi4py", __file__, "--worker",
-           "--samples", str(args.samples), "--iterations", str(args.iterations), "--batch", str(args.batch),
-           "--cg-iters", str(args.cg_iters)] + (["--mnist-dir", args.mnist_dir] if args.mnist_dir else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    from hessfree.comm.launch import mpi_environment, mpirun_command
+
+    worker = ["--worker", "--samples", str(args.samples), "--iterations", str(args.iterations), "--batch", str(args.batch),
+              "--cg-iters", str(args.cg_iters)] + (["--mnist-dir", args.mnist_dir] if args.mnist_dir else [])
+    cmd = mpirun_command(2, __file__, *worker)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=mpi_environment())
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])

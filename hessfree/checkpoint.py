@@ -19,17 +19,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import attrs
 import numpy as np
 
+from hessfree.atomic import atomic_write
 from hessfree.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: states carry CommCounts and the last solve's curvature (engine refactor)
 _NAME = re.compile(r"^state-(\d{8})\.json$")
 
 
@@ -39,32 +38,6 @@ def _sha256(array: np.ndarray) -> str:
     h.update(str(array.shape).encode())
     h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 @attrs.frozen
@@ -84,7 +57,7 @@ def save(directory, iteration: int, arrays: dict[str, np.ndarray], scalars: dict
     stem = f"state-{iteration:08d}"
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    _atomic_write(directory / f"{stem}.npz", buffer.getvalue())
+    atomic_write(directory / f"{stem}.npz", buffer.getvalue())
     manifest = dict(
         format_version=FORMAT_VERSION,
         iteration=iteration,
@@ -94,7 +67,7 @@ def save(directory, iteration: int, arrays: dict[str, np.ndarray], scalars: dict
         arrays={name: dict(sha256=_sha256(np.asarray(a)), dtype=str(np.asarray(a).dtype), shape=list(np.shape(a))) for name, a in arrays.items()},
     )
     path = directory / f"{stem}.json"
-    _atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
     _prune(directory, keep)
     return path
 

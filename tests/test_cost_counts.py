@@ -4,7 +4,6 @@ for every method, backend (serial, threads, MPI) and P ∈ {1, 2, 3}."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from hessfree.comm import SerialComm, run_threads
+from hessfree.comm.launch import mpi_environment, mpirun_command
 
 sys.path.insert(0, str(Path(__file__).parent))
+from mpi.launch import find_mpirun  # noqa: E402
 from _cost_counts_run import METHODS, compare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +55,8 @@ def test_prediction_differs_from_metering_when_wrong():
 
 @pytest.mark.mpi
 def test_counts_mpi_two_ranks():
-    mpirun = ROOT / ".venv" / "bin" / "mpirun"
-    if not mpirun.exists():
-        pytest.skip("no mpirun in the virtualenv")
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = [str(mpirun), "-n", "2", "--oversubscribe", sys.executable, "-m", "mpi4py",
-           str(ROOT / "tests" / "_cost_counts_run.py")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    cmd = mpirun_command(2, str(ROOT / "tests" / "_cost_counts_run.py"), mpirun=find_mpirun())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=mpi_environment(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(results) == set(METHODS) | {"bicgstab-float32"}

@@ -13,8 +13,8 @@ The trainer talks to a :class:`Communicator` only::
 
     per_rank = run_threads(work, 3)                # or make_comm("mpi") under mpirun
 
-See ``docs/sections/comm.md`` for the backends, the failure behaviour, the deadline and
-the exact metering definitions.
+See the README's section "Running on several ranks" for the backends, the failure
+behaviour and the deadline, and ``hessfree.comm.base`` for the exact metering definitions.
 """
 
 from hessfree.comm.base import (

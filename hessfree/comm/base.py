@@ -26,16 +26,15 @@ can predict the same numbers):
 from __future__ import annotations
 
 import enum
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from numbers import Real
 
 import attrs
 import numpy as np
 
-from hessfree.errors import ConfigError, InputError
+from hessfree.errors import InputError
+from hessfree.validate import real
 
 #: Seconds a rank waits in one blocking collective before giving up with a CommError.
 #: Generous enough for a slow rank computing a full-data gradient, short enough that a
@@ -70,14 +69,13 @@ class Op(enum.Enum):
     BARRIER = "barrier"
 
 
+#: the longest deadline a collective may be given (the clocks' waits overflow far above it)
+MAX_TIMEOUT = 1e7
+
+
 def check_timeout(timeout: float) -> float:
-    """Return ``timeout`` as a float, or raise ConfigError unless finite and positive."""
-    if isinstance(timeout, bool) or not isinstance(timeout, Real):
-        raise ConfigError(f"comm timeout must be a number of seconds, got {timeout!r}")
-    value = float(timeout)
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"comm timeout must be finite and > 0 seconds, got {timeout!r}")
-    return value
+    """Return ``timeout`` as a float, or raise ConfigError unless in (0, MAX_TIMEOUT] seconds."""
+    return real("comm timeout (seconds)", timeout, low=0, high=MAX_TIMEOUT, low_open=True)
 
 
 # ---------------------------------------------------------------------------- metering

@@ -7,7 +7,7 @@ and Hessian-free training, checked against the metered counts of real runs.
     for row in model.table(["bicgstab"], [4096], [1, 8, 32]):
         print(row.nodes, row.time_per_iteration_s, row.speedup)
 
-See ``docs/sections/cost.md``.
+See the README's section "Cost model and simulated clusters".
 """
 
 from hessfree.cost.calibrate import Calibration, calibrate, default_path

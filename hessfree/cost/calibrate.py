@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 
 from hessfree.cost.compute import EfficiencyCurve, NodeSpec, Work, check_layers, flops_per_sample
 from hessfree.cost.network import Network
+from hessfree.atomic import atomic_write
+from hessfree.comm.launch import mpi_environment, mpirun_command
 from hessfree.errors import CommError, ConfigError, DataError
 
 DEFAULT_ROWS = (16, 64, 256, 1024, 4096)
@@ -130,13 +131,11 @@ def measure_thread_network(sizes: Sequence[int] = (8, 8192, 262144, 2097152), re
 
 def measure_mpi_network(*, mpirun: str | None = None, timeout: float = 180.0) -> dict:
     """Run the two-rank network probe under mpirun; its JSON result (α, β and fits)."""
-    launcher = mpirun or _find_mpirun()
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = [launcher, "-n", "2", "--oversubscribe", sys.executable, "-m", "mpi4py", "-m", "hessfree.cost._netprobe"]
+    cmd = mpirun_command(2, "-m", "hessfree.cost._netprobe", mpirun=mpirun)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_environment())
     except FileNotFoundError:
-        raise CommError(f"cannot run {launcher!r}: install the mpi extra (pip install 'hessfree[mpi]')") from None
+        raise CommError(f"cannot run {cmd[0]!r}: install the mpi extra (pip install 'hessfree[mpi]')") from None
     except subprocess.TimeoutExpired:
         raise CommError(f"the MPI network probe did not finish within {timeout:g} s") from None
     if proc.returncode != 0:
@@ -146,11 +145,6 @@ def measure_mpi_network(*, mpirun: str | None = None, timeout: float = 180.0) ->
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         raise CommError(f"the MPI network probe printed no result: {proc.stdout[-200:]!r}") from None
-
-
-def _find_mpirun() -> str:
-    here = Path(sys.executable).parent / "mpirun"
-    return str(here) if here.exists() else "mpirun"
 
 
 @attrs.frozen(kw_only=True)
@@ -180,12 +174,7 @@ class Calibration:
         """Atomic write (temporary file, fsync, replace)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.as_dict(), fh, indent=1, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.as_dict(), indent=1, allow_nan=False).encode())
         return path
 
     @classmethod

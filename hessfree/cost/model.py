@@ -47,8 +47,8 @@ from hessfree.cost._checks import count
 from hessfree.cost.compute import NodeSpec, Work, check_layers, n_params
 from hessfree.cost.network import Collective, Network
 from hessfree.methods import Method
-from hessfree.validate import choice
 from hessfree.solvers import Curvature
+from hessfree.validate import choice
 
 
 class _CostMethodBase(enum.Enum):

@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import BinaryIO
 import attrs
 
 from hessfree.data.loader import DatasetName
+from hessfree.atomic import atomic_file
 from hessfree.errors import ConfigError, DataError
 
 #: refuse a download (or a decompression while verifying) beyond this many bytes
@@ -152,46 +152,23 @@ def _default_opener(url: str, timeout: float) -> BinaryIO:
     return urllib.request.urlopen(url, timeout=timeout)
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform: the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _download(url: str, spec: RemoteFile, data_dir: Path, opener: Opener, timeout: float) -> int:
     """Fetch ``url`` into ``data_dir/spec.name`` atomically if its MD5 verifies; return its size."""
-    fd, tmp_name = tempfile.mkstemp(dir=data_dir, prefix=f".{spec.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest, n_bytes = hashlib.md5(usedforsecurity=False), 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with opener(url, timeout) as response:
-                    while chunk := response.read(READ_BYTES):
-                        n_bytes += len(chunk)
-                        if n_bytes > MAX_FILE_BYTES:
-                            raise _DownloadFailed(f"more than {MAX_FILE_BYTES} bytes, refused")
-                        digest.update(chunk)
-                        out.write(chunk)
-            except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
-                raise _DownloadFailed(str(getattr(exc, "reason", None) or exc)) from None
-            out.flush()
-            os.fsync(out.fileno())
-        if digest.hexdigest() != spec.md5:
+    digest, n_bytes = hashlib.md5(usedforsecurity=False), 0
+    with atomic_file(data_dir / spec.name) as out:
+        try:
+            with opener(url, timeout) as response:
+                while chunk := response.read(READ_BYTES):
+                    n_bytes += len(chunk)
+                    if n_bytes > MAX_FILE_BYTES:
+                        raise _DownloadFailed(f"more than {MAX_FILE_BYTES} bytes, refused")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
+            raise _DownloadFailed(str(getattr(exc, "reason", None) or exc)) from None
+        if digest.hexdigest() != spec.md5:  # raising here leaves the old file (if any) in place
             raise _DownloadFailed(f"md5: expected {spec.md5}, found {digest.hexdigest()}")
-        os.replace(tmp, data_dir / spec.name)
-        _fsync_dir(data_dir)
-        return n_bytes
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return n_bytes
 
 
 def _join(base: str, name: str) -> str:

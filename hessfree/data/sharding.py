@@ -14,11 +14,11 @@ sizes, so the two modes are interchangeable for balancing purposes.
 from __future__ import annotations
 
 import enum
-import operator
 
 import attrs
 
 from hessfree.errors import ConfigError, DataError
+from hessfree.validate import integer
 
 
 class ShardMode(enum.Enum):
@@ -32,15 +32,7 @@ class ShardMode(enum.Enum):
 
 def check_int(name: str, value: object, minimum: int) -> int:
     """``value`` as an int ≥ ``minimum`` (bools refused), or ConfigError naming ``name``."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value}")
-    return value
+    return integer(name, value, minimum)
 
 
 def balanced_count(n: int, rank: int, size: int) -> int:
@@ -116,8 +108,7 @@ class EvalSplit(enum.Enum):
 
 
 def _nonneg_int(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{attribute.name}: expected an integer >= 0, found {value!r}")
+    integer(attribute.name, value, 0)
 
 
 @attrs.frozen

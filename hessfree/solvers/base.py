@@ -15,13 +15,13 @@ from __future__ import annotations
 import abc
 import enum
 import math
-import operator
 from typing import Any, Callable, Sequence
 
 import attrs
 import numpy as np
 
 from hessfree.errors import ConfigError
+from hessfree.validate import bool_field, field_transformer, int_field, real_field
 
 #: ``dot(a, b) -> float``: the inner product all solvers use (``numpy.dot`` by default).
 Dot = Callable[[np.ndarray, np.ndarray], Any]
@@ -140,63 +140,30 @@ class SolveResult:
 
 
 # ----------------------------------------------------------------------- config fields
-def _positive_int(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attribute.name}: expected a positive integer, found {value!r}")
-
-
-def _to_int(value):
-    if isinstance(value, bool):
-        return value
-    try:
-        return operator.index(value)
-    except TypeError:
-        return value  # the validator reports it
-
-
-def _to_float(value):
-    if isinstance(value, bool):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def _unit_interval(instance, attribute, value) -> None:
-    """Finite, 0 ≤ value < 1 (0 turns the test off)."""
-    if not isinstance(value, float) or not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{attribute.name}: expected a finite number in [0, 1), found {value!r}")
-
-
-def _growth(instance, attribute, value) -> None:
-    if not isinstance(value, float) or not math.isfinite(value) or value <= 1.0:
-        raise ConfigError(f"{attribute.name}: expected a finite number > 1, found {value!r}")
-
-
-def _bool(instance, attribute, value) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name}: expected True or False, found {value!r}")
+# Solver options use the package's validation vocabulary (``hessfree.validate``); the
+# solver classes are ``@solver_config`` so an error names the option.
+solver_config = attrs.frozen(field_transformer=field_transformer)
 
 
 def max_iter_field(default: int):
-    return attrs.field(default=default, converter=_to_int, validator=_positive_int)
+    return int_field(default)
 
 
 def tolerance_field(default: float):
-    return attrs.field(default=default, converter=_to_float, validator=_unit_interval)
+    """A tolerance in [0, 1) (0 turns the test off)."""
+    return real_field(default, low=0, high=1, high_open=True)
 
 
 def store_first_field():
-    return attrs.field(default=5, converter=_to_int, validator=_positive_int)
+    return int_field(5)
 
 
 def store_growth_field():
-    return attrs.field(default=1.3, converter=_to_float, validator=_growth)
+    return real_field(1.3, low=1, low_open=True)
 
 
 def flag_field(default: bool):
-    return attrs.field(default=default, validator=_bool)
+    return bool_field(default)
 
 
 # ------------------------------------------------------------------ Martens' practice

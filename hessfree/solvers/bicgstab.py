@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import attrs
 import numpy as np
 
 from hessfree.solvers._problem import Candidates, Problem, Tracker, all_finite, confirm_convergence, start
@@ -32,6 +31,7 @@ from hessfree.solvers.base import (
     SolveResult,
     StopReason,
     flag_field,
+    solver_config,
     martens_progress_stop,
     max_iter_field,
     store_first_field,
@@ -40,7 +40,7 @@ from hessfree.solvers.base import (
 )
 
 
-@attrs.frozen
+@solver_config
 class BiCGStab(KrylovSolver):
     """Bi-CG-STAB with candidates: ``BiCGStab(max_iter=50, rtol=1e-6, progress_tol=0.0)``.
 

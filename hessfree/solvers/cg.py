@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import attrs
 from hessfree.solvers._problem import Candidates, Problem, Tracker, all_finite, confirm_convergence, start
 from hessfree.solvers.base import (
     CandidateKind,
@@ -24,6 +23,7 @@ from hessfree.solvers.base import (
     SolveResult,
     StopReason,
     flag_field,
+    solver_config,
     martens_progress_stop,
     max_iter_field,
     store_first_field,
@@ -32,7 +32,7 @@ from hessfree.solvers.base import (
 )
 
 
-@attrs.frozen
+@solver_config
 class CG(KrylovSolver):
     """Conjugate gradient (HF-CG): ``CG(max_iter=250, rtol=1e-6, progress_tol=5e-4)``.
 

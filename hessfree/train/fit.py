@@ -226,10 +226,10 @@ def fit(
             if clock_zero is not None:
                 record = attrs.evolve(record, sim_time_s=comm.clock - clock_zero)
             history.append(record)
-            if checkpoints is not None and (state.iteration % checkpoints.every == 0 or state.iteration == total):
+            stop = _agreed(raw, any([bool(hook.on_iteration(record, state)) for hook in hooks])) and state.iteration < total
+            if checkpoints is not None and (state.iteration % checkpoints.every == 0 or state.iteration == total or stop):
                 _save(trainer, state, record, checkpoints, identity, lead, raw)
-            stop = any([bool(hook.on_iteration(record, state)) for hook in hooks])
-            if _agreed(raw, stop) and state.iteration < total:
+            if stop:
                 status, message = Status.STOPPED, f"stopped by a callback after {state.iteration} of {total}"
                 break
     except DivergedError as exc:

