@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from hessfree.errors import ConfigError
+from hessfree.validate import integer
 
 
 def available_cores() -> int:
@@ -29,8 +29,7 @@ def available_cores() -> int:
 
 def threads_per_rank(ranks: int, cores: int | None = None) -> int:
     """BLAS threads for each of ``ranks`` ranks sharing ``cores``: ``max(1, cores // ranks)``."""
-    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
-        raise ConfigError(f"ranks must be an integer >= 1, got {ranks!r}")
+    ranks = integer("ranks", ranks, 1)
     cores = available_cores() if cores is None else cores
     return max(1, cores // ranks)
 
@@ -63,7 +62,6 @@ def blas_threads(n: int) -> Iterator[int]:
 
     Process-wide; the previous counts are restored on exit.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"BLAS thread count must be an integer >= 1, got {n!r}")
+    n = integer("BLAS thread count", n, 1)
     with threadpool_limits(limits=n):
         yield n

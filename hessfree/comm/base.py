@@ -33,8 +33,8 @@ from contextlib import AbstractContextManager, contextmanager
 import attrs
 import numpy as np
 
-from hessfree.errors import InputError
-from hessfree.validate import real
+from hessfree.errors import ConfigError, InputError
+from hessfree.validate import integer, real
 
 #: Seconds a rank waits in one blocking collective before giving up with a CommError.
 #: Generous enough for a slow rank computing a full-data gradient, short enough that a
@@ -338,8 +338,10 @@ class Communicator(ABC):
         """Copy ``arr`` of rank ``root`` into ``arr`` on every other rank, in place; return it."""
         arr = _check_array(arr, "bcast buffer")
         _check_writable_buffer(arr, "bcast buffer")
-        if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < self.size:
-            raise InputError(f"bcast root must be a rank in [0, {self.size}), got {root!r}")
+        try:
+            root = integer("bcast root", root, 0, self.size - 1)
+        except ConfigError as exc:
+            raise InputError(str(exc)) from None
         self._meter.record(Op.BCAST, arr.nbytes)
         self._bcast(arr, int(root), self._describe(Op.BCAST))
         return arr

@@ -7,7 +7,8 @@ import numpy as np
 
 from hessfree.data.sharding import EvalSplit, ShardInfo
 from hessfree.data.source import check_finite, check_labels
-from hessfree.errors import DataError
+from hessfree.errors import ConfigError, DataError
+from hessfree.validate import integer
 
 
 def _check_pair(name: str, X: np.ndarray, y: np.ndarray) -> None:
@@ -54,9 +55,10 @@ class Dataset:
     origin: str = attrs.field(default="", kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, (int, np.integer)) \
-                or self.n_classes < 1:
-            raise DataError(f"{self.name}: n_classes: expected an integer >= 1, found {self.n_classes!r}")
+        try:
+            integer("n_classes", self.n_classes, 1)
+        except ConfigError as exc:
+            raise DataError(f"{self.name}: {exc}") from None
         _check_pair(f"{self.name} train", self.X_train, self.y_train)
         if (self.X_test is None) != (self.y_test is None):
             raise DataError(f"{self.name}: test features and test labels must be given together")

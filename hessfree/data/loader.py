@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from hessfree.data.sharding import EvalSplit, ShardInfo, ShardMode, check_int
 from hessfree.data.source import ArraySource, DatasetInfo, Source
 from hessfree.data.synthetic import TeacherConfig, TeacherSource, timit_like_config
 from hessfree.errors import ConfigError, DataError
+from hessfree.validate import integer, real
 
 
 class DatasetName(enum.Enum):
@@ -62,10 +62,7 @@ def _check_dtype(dtype) -> np.dtype:
 
 
 def _check_validation(validation) -> float:
-    if isinstance(validation, bool) or not isinstance(validation, (int, float)) \
-            or not math.isfinite(validation) or not 0.0 <= validation < 1.0:
-        raise ConfigError(f"validation: expected a finite fraction in [0, 1), found {validation!r}")
-    return float(validation)
+    return real("validation", validation, low=0, high=1, high_open=True)
 
 
 def _npz_path(data_dir, path) -> Path:
@@ -106,8 +103,7 @@ def open_source(
             f"{list(GENERATOR_OPTIONS)}, found {sorted(options)}"
         )
     if name in GENERATORS:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed: expected an integer >= 0, found {seed!r}")
+        seed = integer("seed", seed, 0)
         sizes = dict(n_features=n_features, n_classes=n_classes, n_samples=samples, **options)
         if name is DatasetName.TIMIT_LIKE:
             cfg = timit_like_config(seed, **sizes)

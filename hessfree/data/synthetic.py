@@ -31,6 +31,7 @@ import numpy as np
 from hessfree.data.sharding import restrict
 from hessfree.data.source import DatasetInfo, Rows, Source
 from hessfree.errors import ConfigError
+from hessfree.validate import integer, real
 
 #: rows per generated block; part of the data's definition (changing it changes the data)
 BLOCK_ROWS = 1024
@@ -51,19 +52,15 @@ TEACHER_HIDDEN = 64
 
 
 def _positive_int(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attribute.name}: expected an integer >= 1, found {value!r}")
+    integer(attribute.name, value, 1)
 
 
 def _seed(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"seed: expected an integer >= 0, found {value!r}")
+    integer("seed", value, 0)
 
 
 def _fraction(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{attribute.name}: expected a finite number in [0, 1), found {value!r}")
+    real(attribute.name, value, low=0, high=1, high_open=True)
 
 
 @attrs.frozen
