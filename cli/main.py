@@ -13,6 +13,8 @@ import click
 
 from hessfree.cli.cost_cmd import cost_group
 from hessfree.cli.data_cmd import data_group
+from hessfree.cli.experiment_cmd import experiment_group
+from hessfree.cli.plot_cmd import plot_command
 from hessfree.errors import HessfreeError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
@@ -106,3 +108,5 @@ def train(config_file, **options) -> None:
 
 main.add_command(data_group)
 main.add_command(cost_group)
+main.add_command(experiment_group)
+main.add_command(plot_command)
