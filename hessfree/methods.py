@@ -41,6 +41,11 @@ class Update(enum.Enum):
 
     SGD = "sgd"  # θ ← θ − η·g
     MOMENTUM = "momentum"  # v ← μ·v − η·g, θ ← θ + v
+    #: Kingma & Ba (2015), weight decay coupled: g includes μθ (L2 in the objective)
+    ADAM = "adam"  # m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², θ ← θ − η·m̂/(√v̂ + ε)
+    #: Loshchilov & Hutter (2019), weight decay decoupled as PyTorch's AdamW: g without μθ,
+    #: θ ← θ·(1 − ημ), then the Adam step
+    ADAMW = "adamw"
 
 
 @attrs.frozen(kw_only=True)
@@ -100,6 +105,8 @@ class Method(enum.Enum):
     )
     SGD = "sgd", _first_order("data-parallel mini-batch SGD", Update.SGD)
     MSGD = "msgd", _first_order("data-parallel momentum SGD", Update.MOMENTUM)
+    ADAM = "adam", _first_order("data-parallel Adam (weight decay as L2 in the gradient)", Update.ADAM)
+    ADAMW = "adamw", _first_order("data-parallel AdamW (decoupled weight decay)", Update.ADAMW)
 
     def __new__(cls, value: str, spec: MethodSpec):
         member = object.__new__(cls)

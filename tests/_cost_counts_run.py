@@ -13,9 +13,10 @@ from hessfree.cost import CostModel, Network, NodeSpec
 from hessfree.data import load_dataset
 from hessfree.models import MLP
 from hessfree.train.config import TrainConfig
+from hessfree.methods import Method
 from hessfree.train import make_trainer
 
-METHODS = ("gn-cg", "hess-cg", "bicgstab", "hybrid", "sgd", "msgd")
+METHODS = tuple(m.value for m in Method)
 
 
 def compare(comm: Communicator, method: str, dtype: str = "float64", test: bool = True) -> list[tuple[dict, dict]]:
@@ -32,18 +33,20 @@ def compare(comm: Communicator, method: str, dtype: str = "float64", test: bool 
                      node=NodeSpec(flops=1e9, itemsize=np.dtype(dtype).itemsize), network=Network(latency=1e-6, inverse_bandwidth=1e-9))
     state = trainer.initial_state()
     out = []
-    total = 2 if method in ("sgd", "msgd") else 3
+    hessian_free = Method(method).is_hessian_free
+    total = 3 if hessian_free else 2
     while state.iteration < total:
         before = comm.counts()
         state, record = trainer.step(state)
         metered = comm.counts() - before
-        if method in ("sgd", "msgd"):
+        if not hessian_free:
             predicted = cost.sgd_counts(cost.updates_per_epoch(config.batch_size), 1)
         else:
             predicted = cost.hf_counts(record.curvature_products, record.line_search_evals)
             # and the what-if prediction with the same K, L gives the same totals
-            if method != "hybrid" and record.curvature_products % (2 if method == "bicgstab" else 1) == 0:
-                k = record.curvature_products // (2 if method == "bicgstab" else 1)
+            per_step = Method(method).spec.products_per_krylov_step
+            if method != "hybrid" and record.curvature_products % per_step == 0:
+                k = record.curvature_products // per_step
                 p = cost.predict(method, config.batch_size, comm.size, krylov_iterations=k, line_search_evals=record.line_search_evals)
                 assert p.collectives_per_iteration == predicted.total.collectives
                 assert p.bytes_per_iteration == predicted.total.bytes

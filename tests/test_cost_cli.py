@@ -54,7 +54,7 @@ def test_table_output(app):
 
 @pytest.mark.parametrize("args", [
     ("--flops", "nan"), ("--flops", "-1"), ("--flops", "0"), ("--latency", "-1e-6"), ("--latency", "inf"),
-    ("--bandwidth", "0"), ("--bandwidth", "nan"), ("--nodes", "0"), ("--batch", "1,x"), ("--method", "adam"),
+    ("--bandwidth", "0"), ("--bandwidth", "nan"), ("--nodes", "0"), ("--batch", "1,x"), ("--method", "lbfgs"),
     ("--cg-iters", "-1"), ("--preset", "imagenet"), ("--samples", "0"),
 ])
 def test_bad_options_exit_2(app, args):

@@ -17,7 +17,10 @@ class TrainConfig:
     section): damping rule 3/2 and 2/3 at ρ < 1/4 and ρ > 3/4, warm start 0.95·δ,
     CG-backtracking, Armijo with c = 1e-2 and shrink 0.8. The curvature is normalised per
     sample, so the initial damping λ is on the same per-sample scale. ``batch_size`` and
-    ``cg_max_iter`` default to the method's own values in the method table.
+    ``cg_max_iter`` default to the method's own values in the method table. Adam's β₁, β₂
+    and ε default to Kingma & Ba's (2015). ``weight_decay`` μ is L2 in the objective
+    (μθ in the gradient) for every method except ``adamw``, where it is decoupled:
+    θ ← θ·(1 − η·μ) before each Adam step (PyTorch's AdamW).
     """
 
     method: Method = enum_field(Method, Method.BICGSTAB)
@@ -42,6 +45,9 @@ class TrainConfig:
     max_rejected: int = int_field(10)  # consecutive rejected steps → diverged
     lr: float = real_field(0.1, low=0, low_open=True)
     momentum: float = real_field(0.9, low=0, high=1, high_open=True)
+    beta1: float = real_field(0.9, low=0, high=1, low_open=True, high_open=True)  # Adam(W) β₁
+    beta2: float = real_field(0.999, low=0, high=1, low_open=True, high_open=True)  # Adam(W) β₂
+    adam_eps: float = real_field(1e-8, low=0, low_open=True)  # Adam(W) ε, added to √v̂
     weight_decay: float = real_field(0.0, low=0)
     seed: int = int_field(0, minimum=0)
 

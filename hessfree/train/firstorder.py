@@ -1,4 +1,4 @@
-"""First-order baselines (SGD, momentum SGD), data-parallel on the same communicator.
+"""First-order baselines (SGD, momentum SGD, Adam, AdamW), data-parallel on the same communicator.
 
 Each update takes the next b samples of a per-epoch permutation of the *global* indices
 (``SeedSequence([seed, epoch])``, the same for any number of ranks); every rank computes
@@ -6,8 +6,19 @@ the ones in its shard; **one** allreduce of [Σ∇ℓ, Σℓ]; then
 
     SGD:  θ ← θ − η·g            MSGD:  v ← μ·v − η·g,  θ ← θ + v      (g = Σ∇ℓ / b + wd·θ)
 
+    Adam (Kingma & Ba 2015), t the number of updates applied so far, this one included:
+          m ← β₁·m + (1−β₁)·g,  v ← β₂·v + (1−β₂)·g²,
+          m̂ = m / (1−β₁ᵗ),  v̂ = v / (1−β₂ᵗ),  θ ← θ − η·(m̂ / (√v̂ + ε))   (g as for SGD)
+
+    AdamW (Loshchilov & Hutter 2019, as PyTorch's AdamW): g = Σ∇ℓ / b, *without* wd·θ;
+          the same m, v; θ ← θ·(1 − η·wd) first, then θ ← θ − η·(m̂ / (√v̂ + ε)),
+          i.e. θₜ = θₜ₋₁ − η·(m̂ / (√v̂ + ε) + wd·θₜ₋₁), the decay from the pre-step θ
+
 An epoch is ⌊n/b⌋ updates (the same count on every rank). A non-finite reduced gradient
-skips the update on every rank alike. One record per epoch, ``iteration`` counting updates.
+skips the update on every rank alike: θ, the moments and Adam's t stay as they were. One
+record per epoch, ``iteration`` counting updates (skipped ones included). The reported
+objective is the same for every method, mean loss + ½·wd·‖θ‖² (AdamW too, although its
+decay is not the gradient of that term).
 """
 
 from __future__ import annotations
@@ -28,10 +39,15 @@ from hessfree.train.trainer import Trainer, TrainState
 
 @attrs.frozen(kw_only=True)
 class FirstOrderState(TrainState):
-    """``iteration`` counts epochs (the run length); ``updates`` the parameter updates."""
+    """``iteration`` counts epochs (the run length); ``updates`` the update slots of those
+    epochs, skipped ones included; ``applied`` the updates applied (Adam's step count t).
+    ``velocity`` is MSGD's v or Adam's first moment m, ``second_moment`` Adam's v (None for
+    SGD and MSGD)."""
 
     velocity: np.ndarray
+    second_moment: np.ndarray | None = None
     updates: int = 0
+    applied: int = 0
 
 
 class FirstOrderTrainer(Trainer):
@@ -44,17 +60,40 @@ class FirstOrderTrainer(Trainer):
             raise ValueError(f"FirstOrderTrainer runs first-order methods, not {config.method.value}")
         super().__init__(model, data, config, comm)
         self.updates_per_epoch = max(1, self.n_train // self.batch_size)
-        self.momentum = config.momentum if config.method.spec.update is Update.MOMENTUM else 0.0
+        self.rule = config.method.spec.update
+        self.momentum = config.momentum if self.rule is Update.MOMENTUM else 0.0
+        self.adaptive = self.rule in (Update.ADAM, Update.ADAMW)
+        #: AdamW decays θ itself, so its gradient leaves out the weight-decay term
+        self.decoupled_decay = config.weight_decay if self.rule is Update.ADAMW else 0.0
 
     def initial_state(self, theta=None) -> FirstOrderState:
         theta = self.initial_theta(theta)
-        return FirstOrderState(theta=theta, velocity=np.zeros_like(theta))
+        second = np.zeros_like(theta) if self.adaptive else None
+        return FirstOrderState(theta=theta, velocity=np.zeros_like(theta), second_moment=second)
+
+    def state_from_payload(self, arrays: dict, scalars: dict) -> FirstOrderState:
+        """As the base class; a checkpoint written before Adam (no ``second_moment``, no
+        ``applied``) is an SGD or MSGD state: no second moment, every update applied."""
+        scalars = {"second_moment": None, "applied": scalars.get("updates", 0), **scalars}
+        return super().state_from_payload(arrays, scalars)
 
     def gradient(self, theta: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """Mean mini-batch gradient over all ranks: one allreduce of [Σ∇ℓ, Σℓ]."""
+        """Mean mini-batch gradient over all ranks: one allreduce of [Σ∇ℓ, Σℓ]; with the
+        weight-decay term μθ, except for AdamW (decoupled decay)."""
         X, y = self.local_rows(indices)
         loss, grad = self.model.loss_grad(theta, X, y)
+        if self.rule is Update.ADAMW:
+            return self.mean_gradient(loss, grad, self.batch_size)
         return self.reduced_gradient(loss, grad, self.batch_size, theta)[1]
+
+    def mean_gradient(self, loss_sum: float, grad_sum: np.ndarray, count: int) -> np.ndarray:
+        """Σ∇ℓ/count over all ranks, without the weight-decay term: the same **one**
+        allreduce of [Σ∇ℓ, Σℓ] as :meth:`reduced_gradient` (so the same collectives)."""
+        buf = self._reduce_buffer
+        buf[:-1] = grad_sum
+        buf[-1] = loss_sum
+        self.comm.allreduce(buf, out=buf)
+        return buf[:-1] / count
 
     def evaluate(self, theta: np.ndarray) -> tuple[float, float, float | None]:
         """(objective, train error, test error): one scalar allreduce (phase OTHER)."""
@@ -64,8 +103,13 @@ class FirstOrderTrainer(Trainer):
         test = total[2] / self.n_test if self.test is not None and self.n_test else None
         return self.regularised(total[0] / self.n_train, theta), float(total[1] / self.n_train), test
 
-    def update(self, theta: np.ndarray, velocity: np.ndarray, g: np.ndarray) -> None:
-        """One update in place: SGD θ ← θ − η·g, or momentum v ← μ·v − η·g, θ ← θ + v."""
+    def update(self, theta: np.ndarray, velocity: np.ndarray, g: np.ndarray, second_moment: np.ndarray | None = None, t: int = 1) -> None:
+        """One update in place: SGD θ ← θ − η·g, or momentum v ← μ·v − η·g, θ ← θ + v, or
+        Adam(W) with ``velocity`` as m, ``second_moment`` as v and ``t`` the step count
+        (≥ 1, this update included); see the module docstring."""
+        if self.adaptive:
+            self.adam_update(theta, velocity, second_moment, g, t)
+            return
         lr, mu = self.config.lr, self.momentum
         if mu:
             velocity *= mu
@@ -74,13 +118,34 @@ class FirstOrderTrainer(Trainer):
         else:
             theta -= lr * g
 
+    def adam_update(self, theta: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, t: int) -> None:
+        """Adam's step t in place (AdamW: the decoupled decay θ ← θ·(1 − η·wd) first)."""
+        c = self.config
+        lr, b1, b2 = c.lr, c.beta1, c.beta2
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        if self.decoupled_decay:
+            theta *= 1.0 - lr * self.decoupled_decay
+        denom = v / (1.0 - b2**t)  # v̂
+        np.sqrt(denom, out=denom)
+        denom += c.adam_eps
+        step = m / (1.0 - b1**t)  # m̂
+        step /= denom
+        step *= lr
+        theta -= step
+
     def step(self, state: FirstOrderState) -> tuple[FirstOrderState, IterationRecord]:
         counts0 = self.comm.counts()
         t0 = time.perf_counter()
         theta, velocity = state.theta.copy(), state.velocity.copy()
+        second = state.second_moment.copy() if state.second_moment is not None else None
+        if self.adaptive and second is None:  # a state made by hand, without Adam's v
+            second = np.zeros_like(theta)
         perm = epoch_permutation(self.config.seed, state.iteration, self.n_train)
         b = self.batch_size
-        rejected = state.rejected
+        rejected, applied = state.rejected, state.applied
         with self.comm.phase(Phase.GRADIENT):
             for u in range(self.updates_per_epoch):
                 g = self.gradient(theta, perm[u * b : (u + 1) * b])
@@ -90,7 +155,8 @@ class FirstOrderTrainer(Trainer):
                         break
                     continue
                 rejected = 0
-                self.update(theta, velocity, g)
+                applied += 1
+                self.update(theta, velocity, g, second, applied)
         t1 = time.perf_counter()
         with self.comm.phase(Phase.OTHER):
             loss, train_error, test_error = self.evaluate(theta)
@@ -98,8 +164,10 @@ class FirstOrderTrainer(Trainer):
             state,
             theta=theta,
             velocity=velocity,
+            second_moment=second,
             iteration=state.iteration + 1,
             updates=state.updates + self.updates_per_epoch,
+            applied=applied,
             rejected=rejected,
             samples=state.samples + self.updates_per_epoch * b,
             time_s=state.time_s + time.perf_counter() - t0,
