@@ -118,7 +118,13 @@ class Problem:
         return np.ldexp(v, self.exponent) if self.exponent else v
 
     def unscale2(self, value: float) -> float:
-        return math.ldexp(value, 2 * self.exponent) if self.exponent else value
+        """value·2^(2E); ±inf when that overflows a Python float (q of a huge float64 b)."""
+        if not self.exponent:
+            return value
+        try:
+            return math.ldexp(value, 2 * self.exponent)
+        except OverflowError:
+            return math.copysign(math.inf, value)
 
 
 def prepare(matvec, b, x0, dot, precond) -> Problem | np.ndarray:

@@ -58,6 +58,7 @@ class CandidateKind(enum.Enum):
     SEARCH_P = "search_p"  # a Bi-CG-STAB search direction p̂_j with p̂ᵀAp̂ < 0
     SEARCH_S = "search_s"  # a Bi-CG-STAB stabilisation direction ŝ_j with ŝᵀAŝ < 0
     CG_DIRECTION = "cg_direction"  # the CG direction p with pᵀAp ≤ 0
+    RESIDUAL = "residual"  # a MINRES residual r with rᵀAr ≤ 0 (non-positive-curvature certificate)
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -22,7 +22,10 @@ The residual is carried as a vector too (one axpy, no product), as Liu & Roosta 
 Why: with Q_k = G_k⋯G_1 the product of the reflections, r_k = φ_k·V_{k+1}·Q_kᵀe_{k+1}, and
 G_k·e_{k+1} = s_k·e_k − c_k·e_{k+1} with Q_{k−1}ᵀe_k = r_{k−1}/φ_{k−1} gives the update.
 It serves the model value q(x_k) and the candidate curvature x_kᵀAx_k = x_kᵀ(b − r_k)
-(the Tracker's product-free formula), the convergence test and the NPC certificate.
+(the Tracker's product-free formula: the two inner products bᵀx_k and r_kᵀx_k per step,
+shared with q), the convergence test and the NPC certificate. (The Lanczos route,
+(x_k − x_0)ᵀA(x_k − x_0) = y_kᵀT_ky_k, would need the coefficients y_k, which MINRES never
+forms: its short recurrences update x_k directly.)
 
 **The NPC test** (derived here, Liu & Roosta's condition c_{k−1}·γ_k⁽¹⁾ ≥ 0). Q_{k−1}
 triangularises the first k−1 columns of T_k, so its last row meets T_k only in the
@@ -139,9 +142,10 @@ class MinresResult(SolveResult):
     off-diagonal of T_k = V_kᵀAV_k (of D^½AD^½ with a preconditioner), k = the number of
     Lanczos steps taken (products with A, not counting r_0 or the true residual);
     ``ritz_min`` ≤ ``ritz_max`` are its extreme eigenvalues — by interlacing
-    λ_min(A) ≤ ritz_min and ritz_max ≤ λ_max(A), and after an NPC exit
-    ritz_min ≤ the certificate's Rayleigh quotient ≤ 0. NaN when no step was taken. The
-    Lanczos scalars do not depend on b's scale.
+    λ_min(A) ≤ ritz_min and ritz_max ≤ λ_max(A), and after an NPC exit (without a
+    preconditioner) ritz_min ≤ the certificate's Rayleigh quotient ≤ 0. NaN when no step
+    was taken. The Lanczos scalars do not depend on b's scale. ``ritz_min``/``ritz_max``
+    cost O(k) memory and O(53·k) scalar work (Sturm bisection), not a dense k×k matrix.
     """
 
     lanczos_alpha: tuple[float, ...] = attrs.field(default=(), converter=_floats)
@@ -165,12 +169,18 @@ class MINRES(KrylovSolver):
 
     Stops on ‖r‖ ≤ rtol·‖b‖ (CONVERGED, confirmed on b − A·x when ``true_residual`` is on;
     STAGNATED when the true residual cannot follow), on r_{k−1}ᵀAr_{k−1} ≤ 0
-    (NEGATIVE_CURVATURE, when ``detect_npc`` is on, with r_{k−1} as the certificate), on a
-    least-squares solution of an inconsistent system (STAGNATED), on Martens' progress
-    test when ``progress_tol`` > 0 (PROGRESS), on a non-finite value (NON_FINITE) or after
-    ``max_iter`` products (MAX_ITER). Keeps the iterates at ⌈store_first·store_growthʲ⌉
-    and the last, and returns them turned downhill as candidates, with the NPC residual.
-    One product per iteration; returns a :class:`MinresResult`.
+    (NEGATIVE_CURVATURE, when ``detect_npc`` is on — the default; off, MINRES solves
+    indefinite systems through), on a least-squares solution of an inconsistent system
+    (STAGNATED), on Martens' progress test when ``progress_tol`` > 0 (PROGRESS), on a
+    non-finite value (NON_FINITE) or after ``max_iter`` products (MAX_ITER). ``iterations``
+    counts products with A (Lanczos steps) whose iterate was formed; after an NPC or
+    least-squares exit at step k the result holds x_{k−1}. Keeps the iterates at
+    ⌈store_first·store_growthʲ⌉ and the last, and returns them as candidates turned
+    downhill, with their curvature xᵀAx = xᵀ(b − r) from the carried residual (no product),
+    plus the NPC residual (kind :data:`NPC_KIND`). ``precond`` (the positive inverse
+    diagonal M⁻¹) is supported. One product per iteration; returns a
+    :class:`MinresResult` (a SolveResult with the Lanczos tridiagonal and its extreme
+    Ritz values).
     """
 
     name: ClassVar[str] = "minres"
