@@ -7,25 +7,50 @@ only rank 0 prints and writes files.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import click
 
 from hessfree.cli.cost_cmd import cost_group
 from hessfree.cli.data_cmd import data_group
 from hessfree.cli.experiment_cmd import experiment_group
+from hessfree.cli.model_cmd import evaluate_command, predict_command
 from hessfree.cli.plot_cmd import plot_command
-from hessfree.errors import HessfreeError
+from hessfree.errors import ConfigError, HessfreeError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
 
 
-@click.group(context_settings=dict(help_option_names=["-h", "--help"]))
+def reader_gone() -> None:
+    """stdout's reader went away (``hessfree train | head``): stop quietly, as Unix tools do."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(EXIT_RUNTIME)
+
+
+def internal_error(exc: BaseException, debug: bool) -> None:
+    """A bug, not a user error: one line and exit 1; with ``--debug`` the traceback first."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.flush()
+    hint = "" if debug else " (run again with --debug for the traceback)"
+    fail(f"internal error: {type(exc).__name__}: {exc}{hint}", EXIT_RUNTIME)
+
+
+@click.group(
+    context_settings=dict(help_option_names=["-h", "--help"]),
+    epilog='Shell completion (bash): eval "$(_HESSFREE_COMPLETE=bash_source hessfree)" '
+    "(zsh: zsh_source, fish: fish_source).",
+)
 @click.version_option(package_name="hessfree")
 def main() -> None:
     """hessfree: Hessian-free training of deep neural networks, serial, threads or MPI."""
@@ -52,13 +77,13 @@ def _train_options():
         click.option("--activation", help=f"{', '.join(choices(Activation))}: one for every hidden layer, or one per layer, comma-separated (default {r.activation})."),
         click.option("--loss", type=click.Choice(choices(Loss))),
         click.option("--method", type=click.Choice(choices(Method)), help=f"Default {t.method.value}."),
-        click.option("--iterations", type=int, help=f"Total HF outer iterations (default {t.iterations})."),
-        click.option("--epochs", type=int, help=f"Total first-order epochs (default {t.epochs})."),
+        click.option("--iterations", type=int, help=f"Total HF outer iterations (default {t.iterations}; Hessian-free methods only)."),
+        click.option("--epochs", type=int, help=f"Total epochs (default {t.epochs}; first-order methods only)."),
         click.option("--batch-size", type=int, help="Curvature batch (HF) or mini-batch (first-order), global over ranks (default: the method's)."),
-        click.option("--cg-max-iter", type=int, help="Krylov iteration cap (default: the method's)."),
-        click.option("--damping", type=float, help=f"Initial Levenberg-Marquardt λ (default {t.damping})."),
-        click.option("--lr", type=float, help=f"First-order learning rate (default {t.lr})."),
-        click.option("--momentum", type=float, help=f"MSGD momentum (default {t.momentum})."),
+        click.option("--cg-max-iter", type=int, help="Krylov iteration cap (default: the method's; Hessian-free methods only)."),
+        click.option("--damping", type=float, help=f"Initial Levenberg-Marquardt λ (default {t.damping}; Hessian-free methods only)."),
+        click.option("--lr", type=float, help=f"Learning rate (default {t.lr}; first-order methods only)."),
+        click.option("--momentum", type=float, help=f"Momentum (default {t.momentum}; msgd only)."),
         click.option("--weight-decay", type=float, help=f"L2 weight decay μ (default {t.weight_decay})."),
         click.option("--dtype", type=click.Choice(choices(DType)), help=f"Default {r.dtype.value}."),
         click.option("--seed", type=int),
@@ -70,8 +95,12 @@ def _train_options():
         click.option("--metrics", type=click.Path(dir_okay=False), help="Write JSON lines: config, one per iteration, result."),
         click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save the full training state here."),
         click.option("--checkpoint-every", type=int, help=f"Save every N iterations (default {r.checkpoint_every})."),
-        click.option("--resume/--no-resume", default=None, help="Continue from the checkpoint in --checkpoint-dir."),
+        click.option("--resume/--no-resume", default=None, help="Continue from the checkpoint in --checkpoint-dir (on any rank count or backend)."),
+        click.option("--overwrite/--no-overwrite", default=None, help="Replace the checkpoints already in --checkpoint-dir (a new run there is refused otherwise)."),
+        click.option("--save-model", type=click.Path(dir_okay=False), help="Write the trained network to this model file (.hfm) for hessfree evaluate/predict."),
         click.option("--quiet/--no-quiet", default=None, help="Print only the final result."),
+        click.option("-v", "--verbose", count=True, default=None, help="More columns per progress line (repeatable)."),
+        click.option("--debug", is_flag=True, default=False, help="Print the traceback of an internal error."),
         click.option("--simulate", type=click.Choice(list(INTERCONNECTS)), help="Also report simulated cluster time on this interconnect."),
         click.option("--sim-latency", type=float, help="Simulated latency α in seconds (overrides the preset)."),
         click.option("--sim-bandwidth", type=float, help="Simulated bandwidth in bytes/s (overrides the preset)."),
@@ -86,23 +115,68 @@ def train_options(fn):
     return fn
 
 
+#: settings that only some methods use: key → (does it apply to this method?, why not)
+def _applicability():
+    from hessfree.methods import Update
+
+    hf = ("iterations", "cg_max_iter", "cg_rtol", "progress_tol", "damping", "damping_min", "damping_max",
+          "damping_increase", "damping_decrease", "rho_low", "rho_high", "warm_start", "backtracking",
+          "armijo_c", "armijo_shrink", "max_line_search")
+    rules = {key: (lambda m: m.is_hessian_free, "a first-order method; it applies to the Hessian-free methods only") for key in hf}
+    rules["iterations"] = (lambda m: m.is_hessian_free, "a first-order method, whose run length is --epochs")
+    rules["epochs"] = (lambda m: not m.is_hessian_free, "a Hessian-free method, whose run length is --iterations")
+    rules["lr"] = (lambda m: not m.is_hessian_free, "a Hessian-free method: its steps are sized by the line search")
+    rules["momentum"] = (lambda m: m.spec.update is Update.MOMENTUM, "it applies to msgd only")
+    for key in ("beta1", "beta2", "adam_eps"):
+        rules[key] = (lambda m: m.spec.update in (Update.ADAM, Update.ADAMW), "it applies to adam and adamw only")
+    return rules
+
+
+def check_applicable(config, given: dict[str, str]) -> None:
+    """ConfigError naming every setting the user gave that this run would ignore.
+
+    ``given`` maps each key the user set (flags and config file) to how to name it
+    (``--epochs`` or ``epochs (in run.toml)``).
+    """
+    method = config.train.method
+    problems = []
+    for key, (applies, why) in _applicability().items():
+        if key in given and not applies(method):
+            problems.append(f"{given[key]} does not apply to {method.value} ({why})")
+    needs = {"checkpoint_every": ("checkpoint_dir", "--checkpoint-dir"), "overwrite": ("checkpoint_dir", "--checkpoint-dir"),
+             "sim_collective": ("simulate", "--simulate"), "sim_compute_scale": ("simulate", "--simulate")}
+    for key, (other, flag) in needs.items():
+        if key in given and getattr(config, other) in (None, False) and (key != "overwrite" or config.overwrite):
+            problems.append(f"{given[key]} needs {flag}")
+    if "verbose" in given and "quiet" in given and config.quiet and config.verbose:
+        problems.append(f"{given['verbose']} cannot be combined with {given['quiet']}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 @main.command(epilog="Exit codes: 0 ok, 1 runtime or data error, 2 usage or configuration error, 3 training diverged.")
 @train_options
-def train(config_file, **options) -> None:
+def train(config_file, debug, **options) -> None:
     """Train a network with Hessian-free optimization (or a first-order baseline)."""
     from hessfree.cli.run import run_training
-    from hessfree.train.runconfig import load_toml
+    from hessfree.train.runconfig import load_toml, make_run_config
 
     try:
         values = load_toml(config_file) if config_file else {}
-        values.update({k: v for k, v in options.items() if v is not None})
+        given = {str(k).replace("-", "_"): f"{k} (in {config_file})" for k in values}
+        flags = {k: v for k, v in options.items() if v is not None and not (k == "verbose" and v == 0)}
+        given.update({k: "--" + k.replace("_", "-") for k in flags})
+        values.update(flags)
+        check_applicable(make_run_config(values), given)
         code = run_training(values, echo=click.echo)
     except HessfreeError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_RUNTIME)
+    except BrokenPipeError:
+        reader_gone()
     except Exception as exc:  # a bug, not a user error: still one line and a documented code
-        fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_RUNTIME)
+        internal_error(exc, debug)
     sys.exit(code)
 
 
@@ -110,3 +184,5 @@ main.add_command(data_group)
 main.add_command(cost_group)
 main.add_command(experiment_group)
 main.add_command(plot_command)
+main.add_command(evaluate_command)
+main.add_command(predict_command)

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from hessfree.cli.main import main
 
 SMALL = ["--hidden", "16", "--batch-size", "200", "--cg-max-iter", "15", "--seed", "1"]
+#: the first-order methods take no Krylov cap (an option that does not apply is an error)
+SMALL_FIRST_ORDER = ["--hidden", "16", "--batch-size", "200", "--seed", "1"]
 
 
 def invoke(*args):
@@ -121,7 +123,7 @@ def _records(path):
 def test_resume_is_bitwise(tmp_path, method):
     n = ["--epochs"] if method == "msgd" else ["--iterations"]
     one, two = tmp_path / "one", tmp_path / "two"
-    args = ["--method", method, *SMALL]
+    args = ["--method", method, *(SMALL_FIRST_ORDER if method == "msgd" else SMALL)]
     assert invoke("train", *args, *n, "6", "--checkpoint-dir", str(one), "--metrics", str(one / "m.jsonl")).exit_code == 0
     assert invoke("train", *args, *n, "3", "--checkpoint-dir", str(two), "--metrics", str(two / "m.jsonl")).exit_code == 0
     result = invoke("train", *args, *n, "6", "--checkpoint-dir", str(two), "--metrics", str(two / "m.jsonl"), "--resume")
@@ -162,7 +164,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
 def test_threads_backend_from_the_cli():
     result = invoke("train", "--comm", "threads", "--ranks", "2", "--iterations", "2", *SMALL)
     assert result.exit_code == 0, result.output
-    assert "2 rank(s) (ThreadComm)" in result.stdout
+    assert "2 ranks (threads)" in result.stdout
 
 
 def test_simulated_cluster_time_in_the_metrics(tmp_path):

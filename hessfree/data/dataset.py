@@ -33,6 +33,27 @@ def _check_values(name: str, X: np.ndarray, y: np.ndarray, n_classes: int) -> No
 
 
 @attrs.frozen
+class InputScaling:
+    """How the loader turned the stored values into features: ``x = stored / divide_by``.
+
+    ``stored`` says what the stored values are (e.g. IDX pixel values 0..255), so a model
+    file can tell a user what to feed it: inputs already scaled like the training features,
+    or stored values that need ``scale`` first.
+    """
+
+    divide_by: float = 1.0
+    stored: str = "features as stored (no scaling)"
+
+    def scale(self, X: np.ndarray) -> np.ndarray:
+        """Stored values → features, as the loader does (a new float array)."""
+        X = np.asarray(X, dtype=np.float64)
+        return X / self.divide_by if self.divide_by != 1.0 else X.copy()
+
+    def as_dict(self) -> dict:
+        return dict(divide_by=self.divide_by, stored=self.stored)
+
+
+@attrs.frozen
 class Dataset:
     """Validated training (and optional test) arrays.
 
@@ -43,6 +64,10 @@ class Dataset:
     Under data parallelism a ``Dataset`` holds one rank's shard; ``shard`` then says where
     it sits, and ``n_train_global``/``n_test_global`` are the divisors of reduced sums.
     Without ``shard`` the arrays are the whole dataset.
+
+    ``fingerprint`` identifies the dataset's content (``load_dataset`` sets it: the same on
+    every rank, for any rank count and wherever the files are; empty for hand-made
+    datasets); ``scaling`` says how the stored values were turned into features.
     """
 
     name: str
@@ -53,6 +78,8 @@ class Dataset:
     y_test: np.ndarray | None = None
     shard: ShardInfo | None = attrs.field(default=None, kw_only=True)
     origin: str = attrs.field(default="", kw_only=True)
+    fingerprint: str = attrs.field(default="", kw_only=True)
+    scaling: InputScaling = attrs.field(factory=InputScaling, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         try:

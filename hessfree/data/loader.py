@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import enum
+import gzip
+import hashlib
+import json
 import os
+import threading
 from pathlib import Path
 
+import attrs
 import numpy as np
 
-from hessfree.data.dataset import Dataset
+from hessfree.data import digits as _digits
+from hessfree.data import mnist as _mnist
+from hessfree.data import synthetic as _synthetic
+from hessfree.data.dataset import Dataset, InputScaling
 from hessfree.data.digits import load_digits
+from hessfree.data.idx import GZIP_MAGIC
 from hessfree.data.mnist import IdxPairSource
 from hessfree.data.npz import open_npz
 from hessfree.data.sharding import EvalSplit, ShardInfo, ShardMode, check_int
@@ -138,6 +147,103 @@ def open_source(
     return source
 
 
+#: bump when the fingerprint's definition changes (old checkpoints are then refused by name)
+FINGERPRINT_VERSION = 1
+_HASH_CHUNK = 1 << 20
+_FINGERPRINTS: dict[tuple, str] = {}
+_FINGERPRINT_LOCK = threading.Lock()
+
+
+def input_scaling(name: DatasetName | str) -> InputScaling:
+    """How ``load_dataset`` turns the stored values of dataset ``name`` into features."""
+    name = DatasetName.parse(name)
+    if name is DatasetName.DIGITS:
+        return InputScaling(_digits.PIXEL_MAX, f"pixel intensities 0..{_digits.PIXEL_MAX:g} (8x8 images)")
+    if name in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
+        return InputScaling(_mnist.PIXEL_MAX, f"IDX pixel values 0..{_mnist.PIXEL_MAX:g} (28x28 images)")
+    if name is DatasetName.NPZ:
+        return InputScaling(1.0, "the .npz archive's X as stored (no scaling)")
+    return InputScaling(1.0, "generated N(0, I) features (no scaling)")
+
+
+def _file_stats(paths) -> tuple:
+    out = []
+    for path in paths:
+        st = os.stat(path)
+        out.append((str(Path(path).resolve()), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _hash_idx_file(h, header) -> None:
+    """The decompressed bytes of an IDX file (header and items): a plain file and its
+    ``.gz`` have one fingerprint. Reads exactly the size the validated header declares."""
+    with open(header.path, "rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        left = header.total_bytes
+        while left:
+            block = stream.read(min(_HASH_CHUNK, left))
+            if not block:
+                raise DataError(f"{header.path.name}: truncated while computing its fingerprint")
+            h.update(block)
+            left -= len(block)
+
+
+def _hash_rows(h, read, n: int, dtype=np.float64, chunk_rows: int = 65536) -> None:
+    for lo in range(0, n, chunk_rows):
+        [(X, y)] = read([range(lo, min(n, lo + chunk_rows))], dtype)
+        h.update(np.ascontiguousarray(X, dtype="<f8").tobytes())
+        h.update(np.ascontiguousarray(y, dtype="<i8").tobytes())
+
+
+def source_fingerprint(source: Source) -> str:
+    """SHA-256 (hex) identifying the content of an opened dataset, before ``samples`` and
+    ``validation`` select from it.
+
+    Generated data is identified by the generator's parameters, IDX files by their
+    decompressed bytes, in-memory data (the embedded digits, an ``.npz`` archive) by its
+    arrays. Every rank reads the same bytes, so the fingerprint is the same on every rank
+    and for any rank count, and a copy of the same files in another directory has the same
+    fingerprint. Cached per process (by path, size and modification time for files).
+    """
+    info = source.info
+    if isinstance(source, TeacherSource):
+        parameters = dict(attrs.asdict(source.cfg), block_rows=_synthetic.BLOCK_ROWS,
+                          calibration_rows=_synthetic.CALIBRATION_ROWS)
+        key = ("generated", info.name, json.dumps(parameters, sort_keys=True))
+    elif isinstance(source, IdxPairSource):
+        key = ("idx", info.name, _file_stats(source.paths[role] for role in _mnist.FILE_STEMS))
+    else:
+        key = None  # in memory already: hashing its arrays is the cheap part of loading it
+    if key is not None:
+        with _FINGERPRINT_LOCK:
+            if key in _FINGERPRINTS:
+                return _FINGERPRINTS[key]
+    h = hashlib.sha256(f"hessfree-data-fingerprint-v{FINGERPRINT_VERSION}\n".encode())
+    h.update(json.dumps(dict(name=info.name, n_features=info.n_features, n_classes=info.n_classes,
+                             n_train=info.n_train, n_test=info.n_test), sort_keys=True).encode())
+    if isinstance(source, TeacherSource):
+        h.update(key[2].encode())
+    elif isinstance(source, IdxPairSource):
+        for role in _mnist.FILE_STEMS:
+            h.update(role.encode())
+            _hash_idx_file(h, source.headers[role])
+    else:
+        _hash_rows(h, source.read_train, info.n_train)
+        _hash_rows(h, source.read_test, info.n_test)
+    value = h.hexdigest()
+    if key is not None:
+        with _FINGERPRINT_LOCK:
+            _FINGERPRINTS[key] = value
+    return value
+
+
+def dataset_fingerprint(name: DatasetName | str, **kwargs) -> str:
+    """:func:`source_fingerprint` of the dataset ``open_source(name, **kwargs)`` opens."""
+    return source_fingerprint(open_source(name, **kwargs))
+
+
 def dataset_info(name: DatasetName | str, **kwargs) -> DatasetInfo:
     """Global sizes of a dataset from its metadata (headers, generator parameters) only."""
     return open_source(name, **kwargs).info
@@ -215,6 +321,8 @@ def load_dataset(
         y_test=y_eval,
         shard=layout,
         origin=info.origin,
+        fingerprint=source_fingerprint(source),
+        scaling=input_scaling(name),
     )
 
 

@@ -12,7 +12,10 @@
 ``fit`` compiles the kernels before the first timed phase, resumes from a checkpoint if
 asked, runs the method's steps, writes checkpoints, keeps the simulated cluster clock,
 turns divergence into a result (never an exit), and calls the callbacks with every
-record. It never prints. On several ranks every rank calls ``fit`` with its own
+record. It never prints. A checkpoint continues on any rank count and backend (the state
+does not depend on them); ``RunInfo.resume_note`` says when they changed. With
+``save_model`` rank 0 writes the trained network to a model file (``hessfree.modelfile``)
+at the end. On several ranks every rank calls ``fit`` with its own
 communicator and data shard (see :func:`hessfree.train.run.run` for a whole run from a
 :class:`~hessfree.train.runconfig.RunConfig`); callbacks run on rank 0 only, and a
 callback's request to stop is broadcast, so every rank stops at the same iteration.
@@ -23,6 +26,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +37,7 @@ import numpy as np
 from hessfree import checkpoint
 from hessfree.comm import Communicator, SerialComm, warm_numba_cache
 from hessfree.data.dataset import Dataset
-from hessfree.errors import DivergedError
+from hessfree.errors import ConfigError, DivergedError
 from hessfree.methods import Family
 from hessfree.models.base import Model
 from hessfree.train.config import TrainConfig
@@ -72,7 +77,12 @@ class RunInfo:
     start: int  # iterations (HF) or epochs already done (a resumed run starts later)
     total: int
     resumed_from: str | None = None
+    #: set when a resumed run continues on another rank count or backend than the
+    #: checkpoint's: what changed and what it means for bitwise reproducibility
+    resume_note: str | None = None
     warnings: tuple[str, ...] = ()
+    #: what the evaluation arrays hold: "test", "validation" (held out) or "none"
+    evaluation: str = "test"
 
 
 @attrs.frozen(kw_only=True)
@@ -83,6 +93,7 @@ class FitResult:
     message: str
     state: TrainState
     history: tuple[IterationRecord, ...]
+    saved_model: str | None = None  # the model file written (``save_model``), on rank 0
 
     @property
     def last(self) -> IterationRecord | None:
@@ -102,7 +113,18 @@ class FitResult:
 
 class Callback:
     """Hooks called on rank 0. Override what you need; ``on_iteration`` may return True
-    to stop the run after this iteration (all ranks stop together)."""
+    to stop the run after this iteration (all ranks stop together).
+
+    ``on_warmup_start``/``on_warmup_end`` bracket the kernel warm-up before training: numba
+    compiles the kernels there on the first run (tens of seconds) and loads them from its
+    cache afterwards (under a second).
+    """
+
+    def on_warmup_start(self) -> None:
+        pass
+
+    def on_warmup_end(self, seconds: float) -> None:
+        pass
 
     def on_start(self, info: RunInfo) -> None:
         pass
@@ -121,6 +143,10 @@ class Checkpointing:
     directory: str | Path = attrs.field(converter=Path)
     every: int = int_field(1)
     keep: int = int_field(2)
+    #: a new (not resumed) run into a directory that already holds checkpoints removes
+    #: them first; without it such a run is refused (ConfigError), so that no run mixes
+    #: its checkpoints with another's
+    overwrite: bool = attrs.field(default=False, converter=bool)
 
 
 @config
@@ -145,14 +171,16 @@ def warm_kernels(model: Model) -> None:
     cache.hv(theta)
 
 
-def identity_of(model: Model, data: Dataset, config: TrainConfig, ranks: int) -> dict:
-    """The settings that determine a trajectory (checkpoints of another one are refused)."""
+def identity_of(model: Model, data: Dataset, config: TrainConfig, ranks: int | None = None) -> dict:
+    """The settings that determine a trajectory (checkpoints of another one are refused):
+    the model, the data's content (its fingerprint, else its name) and sizes, the method
+    settings. Not the rank count (``ranks`` is ignored): the state does not depend on it."""
     train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(config).items()}
     for key in ("iterations", "epochs", "max_rejected"):
         train.pop(key)
     return dict(
-        model=_architecture(model), data=data.name, n_train=data.n_train_global, n_test=data.n_test_global,
-        ranks=ranks, train=train,
+        model=_architecture(model), data=data.fingerprint or data.name, n_train=data.n_train_global,
+        n_test=data.n_test_global, train=train,
     )
 
 
@@ -183,39 +211,55 @@ def fit(
     identity: dict | None = None,
     theta: np.ndarray | None = None,
     warm_up: bool = True,
+    save_model: str | os.PathLike | None = None,
+    model_notes: dict | None = None,
 ) -> FitResult:
     """Train ``model`` on this rank's ``data`` shard with ``config``; see the module docstring.
 
     ``checkpoints`` saves every ``every`` iterations (HF) or epochs (first-order) and at the
     end; ``resume`` continues from the newest verified checkpoint there (refused, with the
     differing settings named, if it belongs to another configuration: ``identity``, by
-    default the model, data, method settings and rank count). ``theta`` starts from given
-    parameters instead of the seeded initialisation. Raises only for bad input, I/O and
-    communication failures; divergence and early stops are a :class:`FitResult` status.
+    default the model, data content, method settings; not the rank count or backend, so a
+    checkpoint continues on any). A new run into a directory that already holds
+    checkpoints is refused unless ``checkpoints.overwrite``. ``theta`` starts from given
+    parameters instead of the seeded initialisation. ``save_model`` writes the trained
+    network (with the data's input scaling, the run's summary and ``model_notes``) to a
+    model file on rank 0 unless the run diverged (see :mod:`hessfree.modelfile`). Raises
+    only for bad input, I/O and communication failures; divergence and early stops are a
+    :class:`FitResult` status.
     """
     raw = comm if comm is not None else SerialComm()
     comm = _simulated(raw, simulate)
     lead = comm.rank == 0
+    hooks = list(callbacks) if lead else []
+    if checkpoints is not None and not resume:
+        _claim_directory(checkpoints, lead)  # before any rank writes (the warm-up's barrier follows)
     trainer = make_trainer(model, data, config, comm)
     if warm_up:
+        for hook in hooks:
+            hook.on_warmup_start()
+        started = time.perf_counter()
         warm_numba_cache(comm, lambda: warm_kernels(model))
+        for hook in hooks:
+            hook.on_warmup_end(time.perf_counter() - started)
     clock_zero = getattr(comm, "clock", None)  # the simulated clock starts after the warm-up
-    identity = identity if identity is not None else identity_of(model, data, config, comm.size)
-    state, resumed, warnings = trainer.initial_state(theta), None, ()
+    identity = identity if identity is not None else identity_of(model, data, config)
+    state, resumed, warnings, note = trainer.initial_state(theta), None, (), None
     if resume:
         if checkpoints is None:
             raise checkpoint.CheckpointError("resume: needs a checkpoint directory")
         loaded = checkpoint.load_latest(checkpoints.directory, identity, identity_hash(identity))
         state = trainer.state_from_payload(loaded.arrays, loaded.scalars)
         resumed, warnings = f"iteration {state.iteration} in {checkpoints.directory}", loaded.warnings
+        note = resume_note(loaded.scalars.get("written_by"), _writer(raw))
         if clock_zero is not None:
             clock_zero -= loaded.scalars.get("sim_time_s") or 0.0
     total = config.run_length
-    hooks = list(callbacks) if lead else []
     info = RunInfo(
         method=config.method.value, layers=tuple(model.layers), n_params=model.n_params, data=data.name,
         n_train=data.n_train_global, n_test=data.n_test_global, ranks=comm.size, backend=type(raw).__name__,
-        start=state.iteration, total=total, resumed_from=resumed, warnings=tuple(warnings),
+        start=state.iteration, total=total, resumed_from=resumed, resume_note=note, warnings=tuple(warnings),
+        evaluation=data.evaluation.value,
     )
     for hook in hooks:
         hook.on_start(info)
@@ -234,10 +278,68 @@ def fit(
                 break
     except DivergedError as exc:
         status, message = Status.DIVERGED, str(exc)
-    result = FitResult(status=status, message=message, state=state, history=tuple(history))
+    saved = None
+    if save_model is not None and status is not Status.DIVERGED and lead:
+        from hessfree import modelfile
+
+        summary = FitResult(status=status, message=message, state=state, history=tuple(history)).summary()
+        unit = "iterations" if config.method.is_hessian_free else "epochs"
+        training = dict(method=config.method.value, unit=unit, run_length=total, summary=summary,
+                        train_config=_plain(attrs.asdict(config)), **(model_notes or {}))
+        saved = str(modelfile.save_model(save_model, model, state.theta, data=data, training=training))
+    result = FitResult(status=status, message=message, state=state, history=tuple(history), saved_model=saved)
     for hook in hooks:
         hook.on_end(result)
     return result
+
+
+def _plain(value):
+    """JSON-ready: enums by value, tuples as lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _claim_directory(policy: Checkpointing, lead: bool) -> None:
+    """Refuse (every rank alike) a new run into a directory holding checkpoints, or, with
+    ``overwrite``, remove them (rank 0; the other ranks do not look)."""
+    found = sorted(policy.directory.glob("state-*.json")) if policy.directory.is_dir() else []
+    if not found:
+        return
+    if not policy.overwrite:
+        raise ConfigError(
+            f"checkpoint_dir: {policy.directory} already holds checkpoints of a run (newest {found[-1].name}); "
+            f"continue it with resume (--resume) or replace them with overwrite (--overwrite)"
+        )
+    if lead:
+        for manifest in found:
+            for path in (manifest, manifest.with_suffix(".npz")):
+                path.unlink(missing_ok=True)
+
+
+_BACKENDS = {"SerialComm": "serial", "ThreadComm": "threads", "MPIComm": "mpi"}
+
+
+def _writer(comm: Communicator) -> dict:
+    return dict(ranks=comm.size, backend=_BACKENDS.get(type(comm).__name__, type(comm).__name__))
+
+
+def _ranks(n) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
+def resume_note(before: dict | None, now: dict) -> str | None:
+    """One line when a checkpoint written on one rank count/backend continues on another
+    (None when nothing changed, or for a checkpoint that does not say)."""
+    if not before or (before.get("ranks"), before.get("backend")) == (now["ranks"], now["backend"]):
+        return None
+    was = f"{_ranks(before.get('ranks'))} ({before.get('backend')})"
+    is_ = f"{_ranks(now['ranks'])} ({now['backend']})"
+    return f"{was} → {is_}: reduction order differs, results match to rounding, not bitwise"
 
 
 def _simulated(comm: Communicator, simulate: Simulation | None) -> Communicator:
@@ -254,6 +356,7 @@ def _save(trainer: Trainer, state, record, policy: Checkpointing, identity: dict
     if lead:
         arrays, scalars = trainer.state_payload(state)
         scalars["sim_time_s"] = record.sim_time_s
+        scalars["written_by"] = _writer(comm)  # not part of the identity: any rank count resumes
         checkpoint.save(policy.directory, state.iteration, arrays, scalars, identity, identity_hash(identity), keep=policy.keep)
     comm.barrier()
 

@@ -58,7 +58,7 @@ def fit_rank(config: RunConfig, comm: Communicator, callbacks: Sequence[Callback
     data, model = build(config, comm)
     hooks = list(callbacks)
     if config.metrics:
-        hooks.insert(0, MetricsFile(config.metrics, config.as_dict(), config.trajectory_hash(comm.size), append=config.resume))
+        hooks.insert(0, MetricsFile(config.metrics, config.as_dict(), config.trajectory_hash(data=data), append=config.resume))
     network = config.simulated_network()
     return fit(
         model,
@@ -66,12 +66,15 @@ def fit_rank(config: RunConfig, comm: Communicator, callbacks: Sequence[Callback
         config.train,
         comm,
         callbacks=hooks,
-        checkpoints=Checkpointing(directory=config.checkpoint_dir, every=config.checkpoint_every) if config.checkpoint_dir else None,
+        checkpoints=Checkpointing(directory=config.checkpoint_dir, every=config.checkpoint_every, overwrite=config.overwrite)
+        if config.checkpoint_dir else None,
         resume=config.resume,
         simulate=None if network is None else Simulation(
             network=network, collective=config.sim_collective.value, compute_scale=config.sim_compute_scale
         ),
-        identity=config.trajectory(comm.size),
+        identity=config.trajectory(data=data),
+        save_model=config.save_model,
+        model_notes=dict(settings=config.as_dict()) if config.save_model else None,
     )
 
 

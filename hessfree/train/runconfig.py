@@ -78,7 +78,10 @@ class RunConfig:
     checkpoint_dir: str | None = text_field(None)
     checkpoint_every: int = int_field(1)
     resume: bool = bool_field(False)
+    overwrite: bool = bool_field(False)  # replace the checkpoints already in checkpoint_dir
+    save_model: str | None = text_field(None)  # write the trained network here (hessfree.modelfile)
     quiet: bool = bool_field(False)
+    verbose: int = int_field(0, minimum=0)  # wider progress lines (more columns)
     simulate: str | None = text_field(None)  # interconnect preset
     sim_latency: float | None = real_field(None, optional=True, low=0)
     sim_bandwidth: float | None = real_field(None, optional=True, low=0, low_open=True)
@@ -88,6 +91,8 @@ class RunConfig:
     def __attrs_post_init__(self) -> None:
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume: needs checkpoint_dir (where to find the checkpoint)")
+        if self.resume and self.overwrite:
+            raise ConfigError("overwrite: cannot be combined with resume (continue the checkpoints or replace them, not both)")
         if self.simulate is not None and self.simulate not in INTERCONNECTS:
             raise ConfigError(f"simulate: expected one of {', '.join(INTERCONNECTS)}, found {self.simulate!r}")
         if self.simulate is None and (self.sim_latency is not None or self.sim_bandwidth is not None):
@@ -105,26 +110,40 @@ class RunConfig:
         inverse_bandwidth = base.inverse_bandwidth if self.sim_bandwidth is None else 1.0 / self.sim_bandwidth
         return Network(latency, inverse_bandwidth)
 
-    def trajectory(self, size: int) -> dict:
-        """The settings that determine the trajectory (not run length or output options)."""
+    def trajectory(self, size: int | None = None, *, data=None) -> dict:
+        """The settings that determine the trajectory, which a checkpoint must share to be
+        resumed: the data's content, model, dtype and method settings; not run length,
+        outputs, backend or rank count (batches do not depend on the rank count, so a
+        checkpoint continues on any), and not where the data files are (the dataset is
+        identified by its content fingerprint, see ``hessfree.data.loader.source_fingerprint``).
+
+        ``data`` is the loaded :class:`~hessfree.data.dataset.Dataset` whose fingerprint to
+        use (any rank's shard: they agree); without it the dataset is opened to compute it.
+        ``size`` is accepted for compatibility and ignored.
+        """
         train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self.train).items()}
         for key in ("iterations", "epochs", "max_rejected"):
             train.pop(key)
         return dict(
             dataset=self.dataset.value,
-            data_dir=os.path.abspath(self.data_dir) if self.data_dir else None,
+            data=self.data_fingerprint() if data is None or not data.fingerprint else data.fingerprint,
             samples=self.samples,
             validation=self.validation,
             hidden=list(self.hidden),
             activation=self.activation if isinstance(self.activation, str) else list(self.activation),
             loss=self.loss.value,
             dtype=self.dtype.value,
-            ranks=size,
             train=train,
         )
 
-    def trajectory_hash(self, size: int) -> str:
-        return hashlib.sha256(json.dumps(self.trajectory(size), sort_keys=True).encode()).hexdigest()
+    def trajectory_hash(self, size: int | None = None, *, data=None) -> str:
+        return hashlib.sha256(json.dumps(self.trajectory(size, data=data), sort_keys=True).encode()).hexdigest()
+
+    def data_fingerprint(self) -> str:
+        """The content fingerprint of this run's dataset (opens it; cached per process)."""
+        from hessfree.data.loader import dataset_fingerprint
+
+        return dataset_fingerprint(self.dataset, data_dir=self.data_dir, seed=self.train.seed, samples=self.samples)
 
     def as_dict(self) -> dict:
         """JSON-ready: every setting, enums by value."""
