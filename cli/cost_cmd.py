@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import click
 
 from hessfree.cost.model import Blocks, CostMethod
 from hessfree.cost.network import Collective
 from hessfree.cost.presets import INTERCONNECTS
-from hessfree.errors import ConfigError, HessfreeError
+from hessfree.cli.errors import ExitCode, fail, reported
+from hessfree.errors import ConfigError
 from hessfree.validate import choices
 
-EXIT_RUNTIME, EXIT_USAGE = 1, 2
 
 #: keys every --json row carries (a stable schema; more keys may follow)
 JSON_KEYS = (
@@ -28,11 +27,6 @@ JSON_KEYS = (
     "time_line_search_s", "time_other_s", "compute_s", "communication_s", "time_per_epoch_s",
     "collectives_per_epoch", "bytes_per_epoch", "epochs_per_iteration",
 )
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def _ints(name: str, text: str | None) -> list[int] | None:
@@ -178,7 +172,7 @@ def cost_group(ctx, **o) -> None:
     """Predict time per iteration and epoch, speed-up and communication of SGD and HF."""
     if ctx.invoked_subcommand is not None:
         return
-    try:
+    with reported():
         batches = _ints("batch", o["batch"])
         nodes = _ints("nodes", o["nodes"])
         methods = [m for m in o["method"].replace(" ", "").split(",") if m]
@@ -186,10 +180,6 @@ def cost_group(ctx, **o) -> None:
             raise ConfigError("--cg-iters and --ls-trials must be ≥ 0")
         model, node_kind = _build_model(o)
         rows = model.table(methods, batches, nodes, krylov_iterations=o["cg_iters"], line_search_evals=o["ls_trials"])
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except HessfreeError as exc:
-        _fail(str(exc), EXIT_RUNTIME)
     if o["as_json"]:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=1))
     else:
@@ -204,10 +194,10 @@ def cost_group(ctx, **o) -> None:
     if o["plot"]:
         try:
             plot_speedup(rows, o["plot"], title=f"{'-'.join(map(str, model.layers))}, n = {model.samples:,}")
-        except ConfigError as exc:
-            _fail(str(exc), EXIT_RUNTIME)
+        except ConfigError as exc:  # e.g. no matplotlib: the table was printed, the figure not
+            fail(str(exc), ExitCode.RUNTIME)
         except OSError as exc:
-            _fail(f"--plot {o['plot']}: {exc.strerror}", EXIT_RUNTIME)
+            fail(f"--plot {o['plot']}: {exc.strerror}", ExitCode.RUNTIME)
 
 
 @cost_group.command("calibrate")
@@ -221,19 +211,13 @@ def calibrate_cmd(layers, dtype, rows, blas_threads, mpi, out) -> None:
     """Measure this machine's kernel FLOP rate and network α, β; save them as JSON."""
     from hessfree.cost import calibrate, default_path
 
-    try:
+    with reported():
         layer_list = _ints("layers", layers)
         row_list = _ints("rows", rows)
         if blas_threads is not None and blas_threads < 1:
             raise ConfigError(f"--blas-threads: expected an integer ≥ 1, found {blas_threads}")
         calib = calibrate(layer_list, dtype=dtype, rows=row_list, blas_threads=blas_threads, mpi=mpi)
         path = calib.save(out or default_path())
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except HessfreeError as exc:
-        _fail(str(exc), EXIT_RUNTIME)
-    except OSError as exc:
-        _fail(f"cannot save the calibration: {exc}", EXIT_RUNTIME)
     click.echo(f"peak {calib.node.flops / 1e9:.3g} GFLOP/s ({'-'.join(map(str, layer_list))}, {dtype})")
     for name, net in (("MPI ping-pong", calib.network), ("MPI allreduce (effective)", calib.mpi_effective),
                       ("thread allreduce (effective)", calib.threads_effective)):

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import click
 
+from hessfree.cli.errors import reported
 from hessfree.data.fetch import CATALOG, FetchedFile, fetch_dataset
-from hessfree.errors import HessfreeError
-
-
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
 
 
 def _describe(item: FetchedFile) -> str:
@@ -55,7 +51,7 @@ def fetch_command(name: str, data_dir: str, mirrors: tuple[str, ...], timeout: f
     downloaded to a temporary file, checked against the published MD5 and renamed
     into place.
     """
-    try:
+    with reported():
         fetch_dataset(
             name,
             data_dir,
@@ -63,6 +59,3 @@ def fetch_command(name: str, data_dir: str, mirrors: tuple[str, ...], timeout: f
             timeout=timeout,
             progress=lambda item: click.echo(_describe(item)),
         )
-    except HessfreeError as exc:
-        click.echo(f"error: {_one_line(str(exc))}", err=True)
-        click.get_current_context().exit(exc.exit_code)

@@ -6,20 +6,12 @@ one line ``error: ...`` on stderr.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from hessfree.errors import ConfigError, HessfreeError
-
-EXIT_RUNTIME = 1
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
+from hessfree.cli.errors import reported
+from hessfree.errors import ConfigError
 
 def resolve(name: str):
     """A built-in experiment by name, or an experiment TOML file."""
@@ -56,7 +48,7 @@ def list_command() -> None:
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")
 def run_command(name, data_dir, seeds, quick, out, report) -> None:
     """Run NAME (fig1, fig2, fig3 or an experiment .toml file); finished runs are skipped."""
-    try:
+    with reported(interrupted="interrupted (finished runs are kept; run the same command to continue)"):
         from hessfree.experiments.report import write_report
         from hessfree.experiments.runner import Runner
         from hessfree.experiments.scaling import ScalingRunner
@@ -84,10 +76,6 @@ def run_command(name, data_dir, seeds, quick, out, report) -> None:
         if report:
             for path in write_report(out):
                 click.echo(f"wrote {path}")
-    except HessfreeError as exc:
-        _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted (finished runs are kept; run the same command to continue)", EXIT_RUNTIME)
 
 
 @experiment_group.command("report")
@@ -96,8 +84,6 @@ def report_command(directory) -> None:
     """Write DIRECTORY/report.md and its figures from DIRECTORY/summary.json."""
     from hessfree.experiments.report import write_report
 
-    try:
+    with reported():
         for path in write_report(directory):
             click.echo(f"wrote {path}")
-    except HessfreeError as exc:
-        _fail(str(exc), exc.exit_code)

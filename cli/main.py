@@ -7,44 +7,17 @@ only rank 0 prints and writes files.
 
 from __future__ import annotations
 
-import os
 import sys
-import traceback
 
 import click
 
 from hessfree.cli.cost_cmd import cost_group
+from hessfree.cli.errors import EPILOG, reported
 from hessfree.cli.data_cmd import data_group
 from hessfree.cli.experiment_cmd import experiment_group
 from hessfree.cli.model_cmd import evaluate_command, predict_command
 from hessfree.cli.plot_cmd import plot_command
-from hessfree.errors import ConfigError, HessfreeError
-
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
-
-
-def fail(message: str, code: int) -> None:
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    sys.exit(code)
-
-
-def reader_gone() -> None:
-    """stdout's reader went away (``hessfree train | head``): stop quietly, as Unix tools do."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-    sys.exit(EXIT_RUNTIME)
-
-
-def internal_error(exc: BaseException, debug: bool) -> None:
-    """A bug, not a user error: one line and exit 1; with ``--debug`` the traceback first."""
-    if debug:
-        traceback.print_exception(exc, file=sys.stderr)
-        sys.stderr.flush()
-    hint = "" if debug else " (run again with --debug for the traceback)"
-    fail(f"internal error: {type(exc).__name__}: {exc}{hint}", EXIT_RUNTIME)
-
+from hessfree.errors import ConfigError
 
 @click.group(
     context_settings=dict(help_option_names=["-h", "--help"]),
@@ -154,14 +127,14 @@ def check_applicable(config, given: dict[str, str]) -> None:
         raise ConfigError("; ".join(problems))
 
 
-@main.command(epilog="Exit codes: 0 ok, 1 runtime or data error, 2 usage or configuration error, 3 training diverged.")
+@main.command(epilog=EPILOG)
 @train_options
 def train(config_file, debug, **options) -> None:
     """Train a network with Hessian-free optimization (or a first-order baseline)."""
     from hessfree.cli.run import run_training
     from hessfree.train.runconfig import load_toml, make_run_config
 
-    try:
+    with reported(debug):
         values = load_toml(config_file) if config_file else {}
         given = {str(k).replace("-", "_"): f"{k} (in {config_file})" for k in values}
         flags = {k: v for k, v in options.items() if v is not None and not (k == "verbose" and v == 0)}
@@ -169,14 +142,6 @@ def train(config_file, debug, **options) -> None:
         values.update(flags)
         check_applicable(make_run_config(values), given)
         code = run_training(values, echo=click.echo)
-    except HessfreeError as exc:
-        fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_RUNTIME)
-    except BrokenPipeError:
-        reader_gone()
-    except Exception as exc:  # a bug, not a user error: still one line and a documented code
-        internal_error(exc, debug)
     sys.exit(code)
 
 

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-import traceback
 import zipfile
 from pathlib import Path
 
 import click
 import numpy as np
 
-from hessfree.errors import ConfigError, DataError, HessfreeError
+from hessfree.cli.errors import reported
+from hessfree.errors import ConfigError, DataError
 
-EXIT_RUNTIME = 1
 #: the text output prints the whole confusion matrix up to this many classes
 MATRIX_CLASSES = 12
 #: the JSON output holds the whole confusion matrix up to this many classes
@@ -27,27 +25,10 @@ JSON_MATRIX_CLASSES = 100
 SPLITS = ("auto", "test", "train", "validation")
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    sys.exit(code)
-
-
 def _guard(debug: bool, body) -> None:
-    try:
+    with reported(debug):
         body()
-    except HessfreeError as exc:
-        _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", EXIT_RUNTIME)
-    except BrokenPipeError:
-        from hessfree.cli.main import reader_gone
 
-        reader_gone()
-    except Exception as exc:  # a bug: one line (and the traceback with --debug)
-        if debug:
-            traceback.print_exception(exc, file=sys.stderr)
-        hint = "" if debug else " (run again with --debug for the traceback)"
-        _fail(f"internal error: {type(exc).__name__}: {exc}{hint}", EXIT_RUNTIME)
 
 
 def _dataset_choices() -> list[str]:

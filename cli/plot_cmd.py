@@ -10,14 +10,13 @@ data error (1), like an unreadable one: the command line itself is well formed.
 
 from __future__ import annotations
 
-import sys
 
 import click
 
+from hessfree.cli.errors import ExitCode, fail, internal_error
 from hessfree.errors import ConfigError, HessfreeError
 from hessfree.plotting import GROUP_CHOICES, X_CHOICES, Y_CHOICES
 
-EXIT_RUNTIME, EXIT_USAGE = 1, 2
 
 EPILOG = (
     "Runs of one group (default: the method; with --label: the label) are drawn as the median "
@@ -26,11 +25,6 @@ EPILOG = (
     "all of them cover. Exit codes: 0 ok, 1 runtime or data error (including a missing file), "
     "2 usage error."
 )
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    sys.exit(code)
 
 
 def _quantities(values: tuple[str, ...]) -> list[str]:
@@ -75,13 +69,13 @@ def plot_command(metrics, ys, x, group, labels, log_y, out, title) -> None:
         groups = group_runs(runs, group)
         written = plot_runs(groups, out_path, y=quantities, x=x, log_y=log_y, title=title)
     except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), ExitCode.USAGE)
     except HessfreeError as exc:
-        _fail(str(exc), EXIT_RUNTIME)
+        fail(str(exc), ExitCode.RUNTIME)
     except OSError as exc:
-        _fail(f"{out_path}: cannot write the figure: {exc.strerror or exc}", EXIT_RUNTIME)
+        fail(f"{out_path}: cannot write the figure: {exc.strerror or exc}", ExitCode.RUNTIME)
     except Exception as exc:  # a bug, not a user error: still one line and a documented code
-        _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_RUNTIME)
+        internal_error(exc, debug=False)
     for name, members in groups.items():
         differing = differing_settings(members)
         if len(members) > 1 and differing:

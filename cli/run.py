@@ -22,11 +22,11 @@ from typing import Callable
 
 import attrs
 
+from hessfree.cli.errors import ExitCode
 from hessfree.train.fit import Callback, FitResult, RunInfo, Status
 from hessfree.train.run import run
 from hessfree.train.runconfig import make_run_config
 
-EXIT_OK, EXIT_DIVERGED = 0, 3
 #: a warm-up still running after this many seconds is compiling (a cached load takes < 1 s)
 COMPILE_NOTICE_AFTER = 2.0
 BACKEND_NAMES = {"SerialComm": "serial", "ThreadComm": "threads", "MPIComm": "mpi"}
@@ -271,4 +271,4 @@ def run_training(values: dict, echo: Callable[..., None]) -> int:
             comm.abort(code if isinstance(code, int) and code > 0 else 1)
 
     result = run(config, [progress], on_rank_error=abort_job)
-    return EXIT_DIVERGED if result.status is Status.DIVERGED else EXIT_OK
+    return ExitCode.DIVERGED if result.status is Status.DIVERGED else ExitCode.OK
