@@ -12,7 +12,17 @@ and the median time of exactly the matrix multiplications those products perform
 shapes, same transpositions, preallocated outputs): the floor no dense-layer
 implementation can beat. ``ratio`` = product time / GEMM floor; GFLOP/s counts GEMM FLOPs.
 
+Networks: the MNIST classifiers (tanh, softmax cross-entropy; float32 and float64) and
+the MNIST deep autoencoder 784-1000-500-250-30-250-500-1000-784 (2.8M parameters;
+sigmoid ×3, a linear 30-unit code layer, sigmoid ×3; logistic cross-entropy against the
+input itself; float32 only), whose gradient runs on ``--ae-rows`` rows (default the
+60,000 MNIST training images) with ``--ae-repeats`` repeats. Its GEMM floor runs the plan
+chunk by chunk (``--chunk`` rows at once, as the product does): the whole-batch GEMM
+operands would take 6 GB. MNIST is read from ``--mnist-dir`` when it is there, else the
+data are random of MNIST's shape (pixels uniform in [0, 1), random labels).
+
     python benchmarks/bench_products.py [--mnist-dir DIR] [--repeats 7] [--out FILE]
+    python benchmarks/bench_products.py --networks autoencoder --threads 2   # about 2 minutes
 """
 
 from __future__ import annotations
@@ -34,6 +44,13 @@ from hessfree.cost.compute import gemm_flops, gemm_plan
 from hessfree.models import MLP
 
 NETWORKS = [(784, 400, 10), (784, 400, 150, 10)]
+#: the deep autoencoder of Hinton & Salakhutdinov (2006) and Martens (2010), float32 only
+AUTOENCODER = dict(
+    layers=(784, 1000, 500, 250, 30, 250, 500, 1000, 784),
+    activation=["sigmoid"] * 3 + ["linear"] + ["sigmoid"] * 3,
+    loss="logistic_cross_entropy",
+    dtypes=("float32",),
+)
 
 
 def gemm_runner(plan, dtype, rng):
@@ -49,6 +66,35 @@ def gemm_runner(plan, dtype, rng):
             np.matmul(a, b, out=out)
 
     return run
+
+
+def chunked_gemm_runner(layers, n: int, kind: str, chunk: int, dtype, rng):
+    """The GEMMs of ``kind`` on n rows as the chunked product performs them: the plan of
+    ``chunk`` rows once per full chunk, then on the remaining rows (views of the same
+    operands: the row count is the outer dimension of every operand that has it)."""
+    plan = gemm_plan(layers, min(n, chunk), kind)
+    ops = []
+    for (m, k), (k2, c), transposed in plan:
+        a = rng.standard_normal((k, m) if transposed else (m, k), dtype=np.float32).astype(dtype, copy=False)
+        b = rng.standard_normal((k2, c), dtype=np.float32).astype(dtype, copy=False)
+        ops.append((a, b, np.empty((m, c), dtype=dtype), transposed))
+    sizes = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
+
+    def run():
+        for r in sizes:
+            for a, b, out, transposed in ops:
+                if transposed:  # (m, r)·(r, c): r is the inner dimension
+                    np.matmul(a[:r].T, b[:r], out=out)
+                else:  # (r, k)·(k, c)
+                    np.matmul(a[:r], b, out=out[:r])
+
+    return run
+
+
+def chunked_plan(layers, n: int, kind: str, chunk: int) -> list:
+    """Every GEMM of the chunked product (for the FLOP count)."""
+    sizes = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
+    return [g for r in sizes for g in gemm_plan(layers, r, kind)]
 
 
 def paired_medians(fn, floor, repeats: int) -> tuple[float, float]:
@@ -77,16 +123,26 @@ def load_mnist(directory: str | None, n: int, dtype):
     return X, y
 
 
-def bench_one(layers, dtype, threads, args, rng) -> list[dict]:
+def bench_one(layers, dtype, threads, args, rng, autoencoder=None) -> list[dict]:
+    """One network at one dtype and thread count; ``autoencoder`` is :data:`AUTOENCODER` for it."""
     numba.set_num_threads(threads)
-    model = MLP(list(layers), activation="tanh", dtype=dtype, chunk_size=args.chunk, parallel=True)
+    if autoencoder is None:
+        model = MLP(list(layers), activation="tanh", dtype=dtype, chunk_size=args.chunk, parallel=True)
+        grad_rows, repeats = args.grad_rows, args.repeats
+    else:
+        model = MLP(
+            list(layers), activation=autoencoder["activation"], loss=autoencoder["loss"], dtype=dtype, chunk_size=args.chunk, parallel=True
+        )
+        grad_rows, repeats = args.ae_rows, args.ae_repeats
     theta = model.init_params(0)
-    real = load_mnist(args.mnist_dir, args.grad_rows, dtype)
+    real = load_mnist(args.mnist_dir, grad_rows, dtype)
     if real is None:
-        X = rng.random((args.grad_rows, layers[0])).astype(dtype)
-        y = rng.integers(0, layers[-1], args.grad_rows)
+        X = rng.random((grad_rows, layers[0])).astype(dtype)
+        y = rng.integers(0, layers[-1], grad_rows)
     else:
         X, y = real
+    if autoencoder is not None:
+        y = X  # reconstruction targets: the input itself (stored once by model.batch)
     big = model.batch(X, y)
     small = model.batch(X[: args.curv_rows], y[: args.curv_rows])
     v = rng.standard_normal(model.n_params).astype(dtype)
@@ -101,7 +157,7 @@ def bench_one(layers, dtype, threads, args, rng) -> list[dict]:
         return caches[-1]
 
     cases = {
-        "gradient": (args.grad_rows, lambda: model.loss_grad(theta, big)),
+        "gradient": (grad_rows, lambda: model.loss_grad(theta, big)),
         "gv": (args.curv_rows, lambda: cache.gv(v, out=out)),
         "hv": (args.curv_rows, lambda: cache.hv(v, out=out)),
         "gv+fwd": (args.curv_rows, lambda: fresh().gv(v, out=out)),
@@ -109,12 +165,18 @@ def bench_one(layers, dtype, threads, args, rng) -> list[dict]:
     }
     rows = []
     for kind, (n, fn) in cases.items():
-        plan = gemm_plan(layers, n, kind)
-        t, floor = paired_medians(fn, gemm_runner(plan, dtype, rng), args.repeats)
+        if autoencoder is None:
+            plan = gemm_plan(layers, n, kind)
+            runner = gemm_runner(plan, dtype, rng)
+        else:
+            plan = chunked_plan(layers, n, kind, args.chunk)
+            runner = chunked_gemm_runner(layers, n, kind, args.chunk, dtype, rng)
+        t, floor = paired_medians(fn, runner, repeats)
+        del runner
         flops = gemm_flops(plan)
         rows.append(
             dict(
-                network="-".join(map(str, layers)),
+                network="-".join(map(str, layers)) + (" autoencoder" if autoencoder is not None else ""),
                 dtype=np.dtype(dtype).name,
                 blas_threads=threads,
                 product=kind,
@@ -151,19 +213,29 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--dtypes", default="float32,float64", help="dtypes of the classifiers")
+    parser.add_argument("--networks", default="classifiers,autoencoder", help="which of: classifiers, autoencoder")
+    parser.add_argument("--ae-rows", type=int, default=60_000, help="gradient rows of the autoencoder")
+    parser.add_argument("--ae-repeats", type=int, default=3, help="repeats of the autoencoder's timings")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "products.json"))
     args = parser.parse_args(argv)
     if args.mnist_dir and not Path(args.mnist_dir).is_dir():
         args.mnist_dir = None
+    networks = {n.strip() for n in args.networks.split(",")}
+    if not networks <= {"classifiers", "autoencoder"}:
+        parser.error(f"--networks: expected classifiers and/or autoencoder, found {args.networks!r}")
     rng = np.random.default_rng(0)
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         with threadpool_limits(limits=threads):
-            for dtype in args.dtypes.split(","):
-                for layers in NETWORKS:
-                    rows.extend(bench_one(layers, np.dtype(dtype), threads, args, rng))
-                    print("\n".join(markdown(rows[-5:]).splitlines()[2:]), file=sys.stderr, flush=True)
+            runs = []
+            if "classifiers" in networks:
+                runs += [(layers, dtype, None) for dtype in args.dtypes.split(",") for layers in NETWORKS]
+            if "autoencoder" in networks:
+                runs += [(AUTOENCODER["layers"], dtype, AUTOENCODER) for dtype in AUTOENCODER["dtypes"]]
+            for layers, dtype, autoencoder in runs:
+                rows.extend(bench_one(layers, np.dtype(dtype), threads, args, rng, autoencoder))
+                print("\n".join(markdown(rows[-5:]).splitlines()[2:]), file=sys.stderr, flush=True)
     result = dict(
         benchmark="products",
         data="mnist" if args.mnist_dir else "random",

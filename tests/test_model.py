@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hessfree.errors import InputError
 from hessfree.models import MLP
 
-ACTIVATIONS = ["tanh", "sigmoid", "relu", "softplus"]
+ACTIVATIONS = ["tanh", "sigmoid", "relu", "softplus", "linear"]
 LOSSES = ["softmax_cross_entropy", "logistic_cross_entropy", "squared_error"]
 
 
@@ -19,6 +19,7 @@ def ref_act(name, z):
         "sigmoid": lambda t: 1 / (1 + np.exp(-t)),
         "relu": lambda t: np.maximum(t, 0),
         "softplus": lambda t: np.logaddexp(0, t),
+        "linear": lambda t: t,
     }[name](z)
 
 
@@ -27,7 +28,7 @@ def ref_outputs(model, theta, X):
     a = X
     for l, (W, b) in enumerate(model.unflatten(theta), start=1):
         z = a @ W + b
-        a = ref_act(model.activation.value, z) if l < model.n_layers else z
+        a = ref_act(model.activations[l - 1], z) if l < model.n_layers else z
     return a
 
 
@@ -37,8 +38,10 @@ def ref_loss_of_outputs(loss, z, T):
         p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         return -(T * np.log(p)).sum(), T.sum() * (np.diag(p) - np.outer(p, p))
     if loss == "logistic_cross_entropy":
+        # −(t log σ + (1 − t) log(1 − σ)) written as log(1 + e^z) − t·z: log(1 − σ) loses all
+        # its digits once σ rounds to 1 (large z, as an autoencoder's outputs reach)
         s = 1 / (1 + np.exp(-z))
-        return -(T * np.log(s) + (1 - T) * np.log(1 - s)).sum(), np.diag(s * (1 - s))
+        return (np.logaddexp(0, z) - T * z).sum(), np.diag(s * (1 - s))
     return 0.5 * ((z - T) ** 2).sum(), np.eye(z.size)
 
 
@@ -46,6 +49,11 @@ def one_hot(y, k):
     T = np.zeros((y.size, k))
     T[np.arange(y.size), y] = 1
     return T
+
+
+def dense_targets(y, k):
+    """The targets the loss sees: y itself when dense, else the one-hot rows of the labels."""
+    return y if y.ndim == 2 else one_hot(y, k)
 
 
 def ref_gauss_newton(model, theta, X, y):
@@ -58,7 +66,7 @@ def ref_gauss_newton(model, theta, X, y):
         e[k] = eps
         J[:, :, k] = (ref_outputs(model, theta + e, X) - ref_outputs(model, theta - e, X)) / (2 * eps)
     z = ref_outputs(model, theta, X)
-    T = one_hot(y, model.n_outputs)
+    T = dense_targets(y, model.n_outputs)
     G = np.zeros((n_p, n_p))
     for i in range(X.shape[0]):
         _, H = ref_loss_of_outputs(model.loss_kind.value, z[i], T[i])
@@ -68,32 +76,46 @@ def ref_gauss_newton(model, theta, X, y):
 
 # ----------------------------------------------------------------- random problems
 @st.composite
+def activation_choices(draw, n_hidden):
+    """One name for every hidden layer (as a string), or a list with one name per hidden layer."""
+    if draw(st.booleans()):
+        return draw(st.sampled_from(ACTIVATIONS))
+    return draw(st.lists(st.sampled_from(ACTIVATIONS), min_size=n_hidden, max_size=n_hidden))
+
+
+@st.composite
 def problems(draw, max_hidden_layers=3):
+    """A small random network (per-layer activations, linear included), θ, and a batch
+    whose targets are integer labels or dense targets in [0, 1] (any loss takes both)."""
     n_hidden = draw(st.integers(1, max_hidden_layers))
     layers = [draw(st.integers(1, 6))] + [draw(st.integers(1, 5)) for _ in range(n_hidden)] + [draw(st.integers(2, 4))]
-    activation = draw(st.sampled_from(ACTIVATIONS))
+    activation = draw(activation_choices(n_hidden))
     loss = draw(st.sampled_from(LOSSES))
     n = draw(st.integers(1, 12))
     chunk = draw(st.integers(1, 13))
+    dense = draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     model = MLP(layers, activation=activation, loss=loss, chunk_size=chunk)
     theta = model.init_params(seed) + 0.3 * rng.standard_normal(model.n_params)
     X = rng.standard_normal((n, layers[0]))
-    y = rng.integers(0, layers[-1], n)
+    y = rng.random((n, layers[-1])) if dense else rng.integers(0, layers[-1], n)
     return model, theta, X, y, rng
 
 
 def relu_kink_free(model, theta, X, margin=1e-4):
     """Finite differences are meaningless where a relu pre-activation sits at its kink."""
-    if model.activation.value != "relu":
+    if "relu" not in model.activations:
         return True
     a = X
     for l, (W, b) in enumerate(model.unflatten(theta), start=1):
         z = a @ W + b
-        if l < model.n_layers and np.any(np.abs(z) < margin):
+        if l == model.n_layers:
+            break
+        name = model.activations[l - 1]
+        if name == "relu" and np.any(np.abs(z) < margin):
             return False
-        a = np.maximum(z, 0)
+        a = ref_act(name, z)
     return True
 
 
@@ -102,7 +124,7 @@ def relu_kink_free(model, theta, X, margin=1e-4):
 def test_loss_matches_reference(problem):
     model, theta, X, y, _ = problem
     z = ref_outputs(model, theta, X)
-    T = one_hot(y, model.n_outputs)
+    T = dense_targets(y, model.n_outputs)
     expected = sum(ref_loss_of_outputs(model.loss_kind.value, z[i], T[i])[0] for i in range(len(y)))
     assert model.loss(theta, X, y) == pytest.approx(expected, rel=1e-10, abs=1e-12)
     assert model.loss_grad(theta, X, y)[0] == pytest.approx(expected, rel=1e-10, abs=1e-12)

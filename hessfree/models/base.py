@@ -1,4 +1,4 @@
-"""The interface every model offers the trainer and the solvers."""
+"""The interface every model offers the trainers (``hessfree.train``) and the solvers."""
 
 from __future__ import annotations
 
@@ -13,20 +13,54 @@ class Model(ABC):
     Every method returns **sums over the batch**, never means: in data-parallel training
     each rank computes its local sums, the communicator reduces them, and the trainer
     divides by the global sample count.
+
+    The trainers validate their data once with :meth:`batch` and then pass the validated
+    batch (or rows of its arrays, ``X`` with labels or targets ``y``) to :meth:`evaluate`,
+    :meth:`loss_grad` and :meth:`forward`. Wherever a method takes ``X, y=None``, ``X`` is
+    either raw samples with ``y`` their labels or targets, or a batch from :meth:`batch`
+    with ``y`` omitted.
     """
+
+    # ---------------------------------------------------------------- description
+    @property
+    @abstractmethod
+    def layers(self) -> tuple[int, ...]:
+        """Layer widths ``(d0, ..., dL)``: inputs, hidden layers, outputs (recorded in run metadata)."""
 
     @property
     @abstractmethod
     def n_params(self) -> int:
         """Length of θ."""
 
+    @property
+    @abstractmethod
+    def dtype(self) -> np.dtype:
+        """The floating dtype (float32 or float64) of θ, of every result vector and of validated batches."""
+
     @abstractmethod
     def init_params(self, seed) -> np.ndarray:
-        """A freshly initialised θ (deterministic in ``seed``)."""
+        """A freshly initialised θ (deterministic in ``seed``: an int or a ``numpy.random.Generator``)."""
+
+    # ---------------------------------------------------------------- data
+    @abstractmethod
+    def batch(self, X, y=None):
+        """Validate samples once and return them as a batch object for the other methods.
+
+        ``y`` is integer class labels of shape (n,) or dense targets of shape (n, d_L), or
+        None for prediction only. The batch has ``n`` (row count), ``X`` (the rows, in
+        :attr:`dtype`), and ``labels`` / ``targets`` (one of them set when ``y`` was given),
+        whose rows the trainers index to form mini-batches. A batch passed back in is
+        returned as it is. Unusable input raises ``hessfree.errors.InputError``.
+        """
+
+    # ---------------------------------------------------------------- batch sums
+    @abstractmethod
+    def evaluate(self, theta, X, y=None) -> tuple[float, int]:
+        """(Σᵢ ℓᵢ, number of misclassified rows) over the batch, from forward passes only."""
 
     @abstractmethod
     def loss_grad(self, theta, X, y=None) -> tuple[float, np.ndarray]:
-        """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ) over the batch."""
+        """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ) over the batch; the gradient is a new (n_params,) vector of :attr:`dtype`."""
 
     @abstractmethod
     def loss(self, theta, X, y=None) -> float:
@@ -36,8 +70,10 @@ class Model(ABC):
     def forward(self, theta, X, y=None, *, recycle=None):
         """The forward pass of a batch, kept for many curvature products at this θ.
 
-        The returned object has ``gv(v)`` and ``hv(v)`` methods (and ``n``, the batch size).
-        ``recycle`` is a previous result whose memory may be reused (it becomes invalid).
+        The returned object has ``gv(v, out=None)`` (Gauss-Newton) and ``hv(v, out=None)``
+        (exact Hessian) methods returning batch sums, ``n`` (the batch size) and
+        ``loss_sum`` (Σᵢ ℓᵢ at θ); it keeps its own copy of θ. ``recycle`` is a previous
+        result whose memory may be reused (it becomes invalid).
         """
 
     def gv(self, theta, v, X, y=None) -> np.ndarray:
@@ -48,6 +84,7 @@ class Model(ABC):
         """Σᵢ ∇²ℓᵢ v: the exact Hessian of the batch times v."""
         return self.forward(theta, X, y).hv(v)
 
+    # ---------------------------------------------------------------- classification
     @abstractmethod
     def predict(self, theta, X) -> np.ndarray:
         """Predicted class index of each row of X."""

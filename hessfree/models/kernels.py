@@ -17,7 +17,12 @@ tanh       tanh z              1 − a²        −2a
 sigmoid    1 / (1 + e^−z)      a(1 − a)      1 − 2a
 relu       max(z, 0)           [a > 0]       0
 softplus   log(1 + e^z)        1 − e^−a      e^−a  (= 1 − f')
+linear     z                   1             0
 =========  ==================  ============  =========================
+
+Each hidden layer has its own activation code (a model may mix them, e.g. a deep
+autoencoder's linear code layer between sigmoid layers); every kernel takes the code of
+the one layer it works on.
 
 The forward activation itself is *not* a numba kernel: numba calls the scalar libm
 ``tanh``/``exp`` per element, while numpy's ufuncs use SIMD implementations — measured
@@ -59,7 +64,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 BLOCK = 64
 
 # activation codes (kept in step with hessfree.models.mlp.Activation)
-TANH, SIGMOID, RELU, SOFTPLUS = 0, 1, 2, 3
+TANH, SIGMOID, RELU, SOFTPLUS, LINEAR = 0, 1, 2, 3, 4
 # loss codes (kept in step with hessfree.models.mlp.Loss)
 SOFTMAX_CE, LOGISTIC_CE, SQUARED = 0, 1, 2
 
@@ -78,6 +83,7 @@ def activate(Z: np.ndarray, b: np.ndarray, code: int) -> None:
         np.maximum(Z, 0.0, out=Z)
     elif code == SOFTPLUS:  # log(1 + e^z), stable for any z
         np.logaddexp(Z, 0.0, out=Z)
+    # LINEAR: the identity, nothing more to do
 
 
 @numba.njit(inline="always", **JIT)
@@ -105,6 +111,8 @@ def _dact(code, a, one):
         return a * (one - a)
     if code == RELU:
         return one if a > 0 else one - one
+    if code == LINEAR:
+        return one
     return -math.expm1(-a)
 
 
@@ -115,7 +123,7 @@ def _curv_ratio(code, a, one):
         return -(a + a)
     if code == SIGMOID:
         return one - (a + a)
-    if code == RELU:
+    if code == RELU or code == LINEAR:
         return one - one
     return math.exp(-a)
 
@@ -264,11 +272,13 @@ def _loss_row(Z, labels, targets, dense, code, want_delta, D, colsum, scale, i):
         for j in range(m):
             z = Z[i, j]
             t = _target(labels, targets, dense, i, j)
-            total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
+            # one exponential serves the loss and σ(z): e^−|z| is e^−z for z ≥ 0 and e^z below
+            # (the same argument bit for bit, so the same values as two separate calls)
+            e = math.exp(-abs(z))
+            total += max(z, 0.0) + math.log1p(e) - t * z
             if z >= 0:
-                p = 1.0 / (1.0 + math.exp(-z))
+                p = 1.0 / (1.0 + e)
             else:
-                e = math.exp(z)
                 p = e / (1.0 + e)
             Z[i, j] = p
             if want_delta:

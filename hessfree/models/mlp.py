@@ -1,36 +1,44 @@
-"""A multilayer perceptron on a flat parameter vector, with exact curvature products.
+"""A multilayer perceptron on a flat parameter vector: loss, gradient, and its curvature cache.
 
 Layer l (1..L) computes z_l = a_{l−1}·W_l + b_l with W_l of shape (d_{l−1}, d_l); hidden
-layers apply the activation a_l = f(z_l); the output z_L feeds the loss. θ stores, layer
-after layer, W_l row-major then b_l.
+layer l applies its activation a_l = f_l(z_l) (one activation for every hidden layer, or
+one per hidden layer: a deep autoencoder's linear code layer between sigmoid layers); the
+output z_L feeds the loss. θ stores, layer after layer, W_l row-major then b_l.
 
 Products (all sums over the batch, computed chunk by chunk so memory stays bounded):
 
-* gradient: the usual backward pass, δ_L = ∂ℓ/∂z_L, δ_{l−1} = (δ_l·W_lᵀ) ⊙ f'(z_{l−1}),
+* gradient: the usual backward pass, δ_L = ∂ℓ/∂z_L, δ_{l−1} = (δ_l·W_lᵀ) ⊙ f'_{l−1}(z_{l−1}),
   ∇W_l = a_{l−1}ᵀ·δ_l, ∇b_l = Σ_rows δ_l;
-* Gauss-Newton G·v = Σᵢ Jᵢᵀ H_L,ᵢ Jᵢ v (Schraudolph): the R-forward pass gives Jv = R(z_L),
-  the loss Hessian multiplies it, and the *linear* backward pass applies Jᵀ;
-* exact Hessian H·v (Pearlmutter's R-operator): the same R-forward pass, then the
-  R-backward pass, which adds the terms the Gauss-Newton matrix drops: R(a_{l−1})ᵀ·δ_l in
-  the weight gradient, δ_l·V_lᵀ and f''(z) ⊙ R(z) in the back-propagated error.
+* Gauss-Newton and exact Hessian products: :meth:`MLP.forward` returns a
+  :class:`~hessfree.models.curvature.ForwardCache` (module ``curvature``).
 
-A :class:`ForwardCache` holds one batch's forward pass (activations, loss state, and,
-once an exact product is asked for, the backward errors δ_l) together with workspace
-buffers, so a Krylov solve's tens of products at one θ repeat no forward work and
-allocate nothing but their result.
+Memory of the chunked passes, per row of a chunk (``chunk_size`` rows at most): the
+gradient keeps the Σ_{l≥1} d_l activations and two error buffers of the widest layer;
+``evaluate``/``predict`` keep two activation buffers of the widest layer.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import math
+from collections.abc import Iterator, Sequence
+
 import attrs
 import numpy as np
 
-from hessfree.errors import InputError
+from hessfree.errors import ConfigError, InputError
 from hessfree.models import kernels as K
 from hessfree.models.base import Model
+from hessfree.models.curvature import ForwardCache
+from hessfree.models.workspace import Accumulator, quiet_float_errors, rows_view
+
+
+class ModelConfigError(ConfigError, InputError):
+    """A model setting (layers, activation, loss, dtype, chunk_size) that cannot be used.
+
+    A :class:`~hessfree.errors.ConfigError`; also an :class:`~hessfree.errors.InputError`,
+    which these settings raised before, so callers catching either keep working.
+    """
 
 
 class Activation(enum.Enum):
@@ -38,10 +46,11 @@ class Activation(enum.Enum):
     SIGMOID = "sigmoid"
     RELU = "relu"
     SOFTPLUS = "softplus"
+    LINEAR = "linear"
 
     @property
     def code(self) -> int:
-        return {"tanh": K.TANH, "sigmoid": K.SIGMOID, "relu": K.RELU, "softplus": K.SOFTPLUS}[self.value]
+        return {"tanh": K.TANH, "sigmoid": K.SIGMOID, "relu": K.RELU, "softplus": K.SOFTPLUS, "linear": K.LINEAR}[self.value]
 
 
 class Loss(enum.Enum):
@@ -58,50 +67,64 @@ class Loss(enum.Enum):
         }[self.value]
 
 
-def _quiet_float_errors(method):
-    """Overflow to ±inf and NaN are results the trainer handles (step rejected), not warnings."""
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            return method(*args, **kwargs)
-
-    return wrapper
+def _member(kind, value, where: str = ""):
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(str(value).lower().replace("-", "_"))
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise ModelConfigError(f"{kind.__name__.lower()}: expected one of {choices}, found {value!r}{where}") from None
 
 
 def _enum(kind):
     def convert(value):
-        if isinstance(value, kind):
-            return value
-        try:
-            return kind(str(value).lower().replace("-", "_"))
-        except ValueError:
-            choices = ", ".join(m.value for m in kind)
-            raise InputError(f"{kind.__name__.lower()}: expected one of {choices}, found {value!r}") from None
+        return _member(kind, value)
 
     return convert
+
+
+def _activation(value) -> Activation | tuple[Activation, ...]:
+    """One activation (a name or an :class:`Activation`), or a sequence of them (one per hidden layer)."""
+    if isinstance(value, (str, Activation)):
+        return _member(Activation, value)
+    try:
+        items = tuple(value)
+    except TypeError:
+        choices = ", ".join(m.value for m in Activation)
+        raise ModelConfigError(
+            f"activation: expected one of {choices}, or a sequence of them (one per hidden layer), found {value!r}"
+        ) from None
+    return tuple(_member(Activation, a, f" (hidden layer {i} of {len(items)} in {list(items)!r})") for i, a in enumerate(items, 1))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _layers(value) -> tuple[int, ...]:
     try:
         layers = tuple(int(d) for d in value)
     except (TypeError, ValueError):
-        raise InputError(f"layers: expected a sequence of positive integers, found {value!r}") from None
+        raise ModelConfigError(f"layers: expected a sequence of positive integers, found {value!r}") from None
     if len(layers) < 2 or any(d < 1 for d in layers) or any(d != v for d, v in zip(layers, value)):
-        raise InputError(f"layers: expected at least two positive integers [d0, ..., dL], found {list(value)}")
+        raise ModelConfigError(f"layers: expected at least two positive integers [d0, ..., dL], found {list(value)}")
     return layers
 
 
 def _dtype(value) -> np.dtype:
-    dtype = np.dtype(value)
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise ModelConfigError(f"dtype: expected float32 or float64, found {value!r}") from None
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise InputError(f"dtype: expected float32 or float64, found {dtype}")
+        raise ModelConfigError(f"dtype: expected float32 or float64, found {dtype}")
     return dtype
 
 
 def _positive_int(instance, attribute, value) -> None:
     if not isinstance(value, int) or value < 1:
-        raise InputError(f"{attribute.name}: expected a positive integer, found {value!r}")
+        raise ModelConfigError(f"{attribute.name}: expected a positive integer, found {value!r}")
 
 
 @attrs.frozen(eq=False)
@@ -133,18 +156,27 @@ class Batch:
 class MLP(Model):
     """Dense feed-forward network: ``MLP(layers=[d0, ..., dL], activation, loss, dtype)``.
 
+    ``activation`` is one name (tanh, sigmoid, relu, softplus, linear), applied in every
+    hidden layer, or a sequence with one name per hidden layer (``len(layers) − 2`` of
+    them), e.g. ``["sigmoid", "sigmoid", "linear", "sigmoid", "sigmoid"]`` for a deep
+    autoencoder with a linear code layer. A wrong name or length is a
+    :class:`ModelConfigError` (a :class:`~hessfree.errors.ConfigError`).
+    :attr:`activations` always has one name per hidden layer; ``activation`` is the
+    :class:`Activation` when all hidden layers share it, else the tuple of them.
+
     ``chunk_size`` bounds the rows processed at once (memory ∝ chunk_size · Σ d_l).
     ``parallel`` spreads the elementwise kernels over numba's threads (bitwise the same
     results); leave it False when several threads of one process use models at once.
     """
 
     layers: tuple[int, ...] = attrs.field(converter=_layers)
-    activation: Activation = attrs.field(default=Activation.TANH, converter=_enum(Activation))
+    activation: Activation | tuple[Activation, ...] = attrs.field(default=Activation.TANH, converter=_activation)
     loss_kind: Loss = attrs.field(default=Loss.SOFTMAX_CROSS_ENTROPY, converter=_enum(Loss), alias="loss")
     dtype: np.dtype = attrs.field(default=np.float64, converter=_dtype)
     chunk_size: int = attrs.field(default=8192, validator=_positive_int)
     parallel: bool = attrs.field(default=False, converter=bool)
     _offsets: tuple[tuple[int, int, int], ...] = attrs.field(init=False, repr=False, eq=False)
+    _codes: tuple[int, ...] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         offsets, start = [], 0
@@ -152,11 +184,35 @@ class MLP(Model):
             offsets.append((start, start + d_in * d_out, start + d_in * d_out + d_out))
             start += d_in * d_out + d_out
         object.__setattr__(self, "_offsets", tuple(offsets))
+        hidden = len(self.layers) - 2
+        if isinstance(self.activation, tuple):
+            if len(self.activation) != hidden:
+                names = [a.value for a in self.activation]
+                raise ModelConfigError(
+                    f"activation: expected one name, or {_count(hidden, 'name')} (one per hidden layer of layers "
+                    f"{list(self.layers)}), found {_count(len(names), 'name')} {names}"
+                )
+            if hidden and all(a is self.activation[0] for a in self.activation):
+                object.__setattr__(self, "activation", self.activation[0])  # uniform: the single name
+        per_layer = (self.activation,) * hidden if isinstance(self.activation, Activation) else self.activation
+        object.__setattr__(self, "_codes", tuple(a.code for a in per_layer))
 
     @property
     def kernels(self):
         """The numba kernel set this model uses (serial or parallel, see ``parallel``)."""
         return K.kernels(self.parallel)
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """The activation name of each hidden layer, layer 1 first (empty without hidden layers)."""
+        if isinstance(self.activation, Activation):
+            return (self.activation.value,) * (self.n_layers - 1)
+        return tuple(a.value for a in self.activation)
+
+    @property
+    def activation_codes(self) -> tuple[int, ...]:
+        """The kernel code (``hessfree.models.kernels``) of each hidden layer's activation."""
+        return self._codes
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -177,7 +233,7 @@ class MLP(Model):
 
     def unflatten(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Views ``(W_l, b_l)`` into θ, W_l of shape (d_{l−1}, d_l): writing them writes θ."""
-        theta = self._check_vector(theta, "theta")
+        theta = self.check_vector(theta, "theta")
         views = []
         for (w0, w1, b1), d_in, d_out in zip(self._offsets, self.layers[:-1], self.layers[1:]):
             views.append((theta[w0:w1].reshape(d_in, d_out), theta[w1:b1]))
@@ -186,24 +242,32 @@ class MLP(Model):
     def init_params(self, seed=0) -> np.ndarray:
         """Scaled random weights, zero biases.
 
-        Glorot-uniform (limit √(6/(d_in+d_out))) for tanh and softplus, four times that
-        for sigmoid (its slope at 0 is 1/4), He-uniform (√(6/d_in)) for relu.
+        W_l is scaled for the activation of layer l (the output layer, which has none, for
+        the last hidden layer's): Glorot-uniform (limit √(6/(d_in+d_out))) for tanh,
+        softplus and linear, four times that for sigmoid (its slope at 0 is 1/4),
+        He-uniform (√(6/d_in)) for relu.
         """
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         theta = np.zeros(self.n_params, dtype=self.dtype)
-        for W, _ in self.unflatten(theta):
+        if isinstance(self.activation, Activation):
+            scaled_for = (self.activation,) * self.n_layers
+        else:
+            scaled_for = self.activation + (self.activation[-1] if self.activation else Activation.LINEAR,)
+        for (W, _), activation in zip(self.unflatten(theta), scaled_for):
             d_in, d_out = W.shape
-            if self.activation is Activation.RELU:
+            if activation is Activation.RELU:
                 limit = math.sqrt(6.0 / d_in)
             else:
                 limit = math.sqrt(6.0 / (d_in + d_out))
-                if self.activation is Activation.SIGMOID:
+                if activation is Activation.SIGMOID:
                     limit *= 4.0
             W[...] = rng.uniform(-limit, limit, size=W.shape)
         return theta
 
     # ---------------------------------------------------------------- validation
-    def _check_vector(self, v, name: str) -> np.ndarray:
+    def check_vector(self, v, name: str = "v") -> np.ndarray:
+        """``v`` as a C-contiguous (n_params,) vector of the model's dtype (converted from
+        another floating dtype), or an InputError naming ``name`` and the expected shape."""
         v = np.asarray(v)
         if v.shape != (self.n_params,):
             raise InputError(f"{name}: expected shape ({self.n_params},) for layers {list(self.layers)}, found {v.shape}")
@@ -217,12 +281,15 @@ class MLP(Model):
         """Validate samples once: shape, dtype, finiteness, label range.
 
         ``y`` is either integer class labels of shape (n,) in [0, d_L), or dense targets of
-        shape (n, d_L) (any loss). ``y=None`` is allowed for prediction only.
+        shape (n, d_L) (any loss; in [0, 1] for logistic cross-entropy), e.g.
+        ``model.batch(X, X)`` for an autoencoder (X is then converted and stored once).
+        ``y=None`` is allowed for prediction only.
         """
         if isinstance(X, Batch):
             if y is not None:
                 raise InputError("y: must be omitted when X is already a validated Batch")
             return X
+        same = y is X
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_inputs:
             raise InputError(f"X: expected shape (n, {self.n_inputs}) for layers {list(self.layers)}, found {X.shape}")
@@ -232,7 +299,9 @@ class MLP(Model):
         if not K.all_finite(X):
             raise InputError(f"X: expected finite values, found NaN or inf in the {X.shape} {X.dtype} array")
         labels = targets = None
-        if y is not None:
+        if same:
+            targets = self._check_targets(X, X.shape[0])
+        elif y is not None:
             y = np.asarray(y)
             if y.ndim == 1 and (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
                 labels = self._check_labels(y, X.shape[0])
@@ -257,9 +326,18 @@ class MLP(Model):
     def _check_targets(self, y: np.ndarray, n: int) -> np.ndarray:
         if y.shape != (n, self.n_outputs):
             raise InputError(f"y: expected targets of shape ({n}, {self.n_outputs}), found {y.shape}")
+        if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+            raise InputError(f"y: expected numeric targets, found dtype {y.dtype}")
         y = np.ascontiguousarray(y, dtype=self.dtype)
         if not K.all_finite(y):
             raise InputError(f"y: expected finite targets, found NaN or inf in the {y.shape} array")
+        if self.loss_kind is Loss.LOGISTIC_CROSS_ENTROPY and y.size:
+            lo, hi = float(y.min()), float(y.max())
+            if lo < 0.0 or hi > 1.0:
+                raise InputError(
+                    f"y: expected targets in [0, 1] for logistic_cross_entropy (probabilities, e.g. pixel "
+                    f"intensities scaled to [0, 1]), found values in [{lo:g}, {hi:g}]"
+                )
         return y
 
     def _labelled(self, X, y) -> Batch:
@@ -268,89 +346,112 @@ class MLP(Model):
             raise InputError("y: labels or targets are required for a loss")
         return batch
 
-    def _chunks(self, n: int):
+    # ---------------------------------------------------------------- building blocks
+    # (public: the curvature cache works through these; see curvature.DenseNet)
+    def chunk_bounds(self, n: int) -> Iterator[tuple[int, int]]:
+        """(start, stop) of each chunk of at most ``chunk_size`` rows of an n-row batch."""
         for start in range(0, n, self.chunk_size):
             yield start, min(n, start + self.chunk_size)
 
-    # ---------------------------------------------------------------- forward
-    def _forward_into(self, weights, X: np.ndarray, acts: list[np.ndarray]) -> None:
-        """acts[l] ← a_l for l = 1..L−1 and acts[L] ← z_L (buffers with X.shape[0] rows)."""
+    def forward_into(self, weights, X: np.ndarray, acts: Sequence[np.ndarray]) -> None:
+        """acts[l] ← a_l for l = 1..L−1 and acts[L] ← z_L.
+
+        ``weights`` is ``unflatten(θ)``; acts[l] are C-contiguous buffers of shape
+        (X.shape[0], d_l) (acts[0] is not used), none of them the same memory as the one
+        before it.
+        """
         prev = X
-        code = self.activation.code
+        codes = self._codes
         for l, (W, b) in enumerate(weights, start=1):
             out = acts[l]
             np.matmul(prev, W, out=out)
             if l < self.n_layers:
-                K.activate(out, b, code)
+                K.activate(out, b, codes[l - 1])
             else:
                 np.add(out, b, out=out)
             prev = out
 
-    def _buffers(self, rows: int, first: int = 1) -> list[np.ndarray | None]:
-        return [None] * first + [np.empty((rows, d), dtype=self.dtype) for d in self.layers[first:]]
+    def loss_into(self, Z, batch: Batch, want_delta: bool, D, colsum, scale) -> float:
+        """Σᵢ ℓᵢ of the rows of ``batch`` from their outputs Z = z_L (see ``kernels.loss_forward``).
 
-    def _loss_state(self, Z, batch: Batch, want_delta: bool, D, colsum, scale) -> float:
+        Overwrites Z with the output state the loss Hessian needs; with ``want_delta``
+        writes δ_L = ∂ℓ/∂z_L into D and its column sum into ``colsum``; ``scale`` (n,)
+        receives the per-row factor of the softmax Hessian.
+        """
         dense = batch.targets is not None
         labels = batch.labels if not dense else _NO_LABELS
         targets = batch.targets if dense else _no_targets(self.dtype)
         return float(self.kernels.loss_forward(Z, labels, targets, dense, self.loss_kind.code, want_delta, D, colsum, scale))
 
+    def _pair(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two flat buffers that hold any layer's (rows, d_l) values, used in turn."""
+        size = rows * max(self.layers[1:])
+        return np.empty(size, dtype=self.dtype), np.empty(size, dtype=self.dtype)
+
+    def _forward_pair(self, weights, X: np.ndarray, pair) -> np.ndarray:
+        """z_L of X's rows, the layers' activations alternating between the two buffers."""
+        n = X.shape[0]
+        acts = [X] + [rows_view(pair[(l - 1) % 2], n, d) for l, d in enumerate(self.layers[1:], start=1)]
+        self.forward_into(weights, X, acts)
+        return acts[-1]
+
+    # ---------------------------------------------------------------- loss and gradient
     def loss(self, theta, X, y=None) -> float:
         """Σᵢ ℓᵢ over the batch (forward passes only)."""
         return self.evaluate(theta, X, y)[0]
 
-    @_quiet_float_errors
+    @quiet_float_errors
     def evaluate(self, theta, X, y=None) -> tuple[float, int]:
         """(Σᵢ ℓᵢ, number of misclassified rows) from one forward pass."""
         weights = self.unflatten(theta)
         batch = self._labelled(X, y)
         labels = batch.labels if batch.labels is not None else np.argmax(batch.targets, axis=1)
         rows = min(batch.n, self.chunk_size)
-        acts = self._buffers(rows)
+        pair = self._pair(rows)
         scale = np.empty(rows, dtype=self.dtype)
         total, wrong = 0.0, 0
-        for start, stop in self._chunks(batch.n):
+        for start, stop in self.chunk_bounds(batch.n):
             part = batch.rows(start, stop)
-            view = [part.X] + [a[: part.n] for a in acts[1:]]
-            self._forward_into(weights, part.X, view)
-            out = view[-1]
-            total += self._loss_state(out, part, False, out, _no_colsum(self.dtype), scale[: part.n])
+            out = self._forward_pair(weights, part.X, pair)
+            total += self.loss_into(out, part, False, out, _no_colsum(self.dtype), scale[: part.n])
             wrong += int(self.kernels.count_errors(out, labels[start:stop]))
         return total, wrong
 
-    @_quiet_float_errors
+    @quiet_float_errors
     def loss_grad(self, theta, X, y=None) -> tuple[float, np.ndarray]:
         """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ) over the batch."""
         weights = self.unflatten(theta)
         batch = self._labelled(X, y)
         grad = np.empty(self.n_params, dtype=self.dtype)
-        acc = _Accumulator(self, grad)
+        acc = Accumulator(self.unflatten(grad), self.unflatten(np.empty(self.n_params, dtype=self.dtype)), self.kernels.add_into)
         rows = min(batch.n, self.chunk_size)
-        acts = self._buffers(rows)
-        errs = self._buffers(rows)  # δ_l buffers
+        acts = [None] + [np.empty((rows, d), dtype=self.dtype) for d in self.layers[1:]]
+        errs = self._pair(rows)  # δ_l, δ_{l−1} alternate between the two
         scale = np.empty(rows, dtype=self.dtype)
         total = 0.0
-        code = self.activation.code
+        codes = self._codes
         L = self.n_layers
-        for c, (start, stop) in enumerate(self._chunks(batch.n)):
+        for c, (start, stop) in enumerate(self.chunk_bounds(batch.n)):
             part = batch.rows(start, stop)
             n = part.n
             a = [part.X] + [buf[:n] for buf in acts[1:]]
-            d = [None] + [buf[:n] for buf in errs[1:]]
-            self._forward_into(weights, part.X, a)
-            total += self._loss_state(a[L], part, True, d[L], acc.bias_slot(L, c), scale[:n])
+            self.forward_into(weights, part.X, a)
+            d = rows_view(errs[0], n, self.layers[L])
+            total += self.loss_into(a[L], part, True, d, acc.bias_slot(L, c), scale[:n])
             acc.bias_done(L, c)
             for l in range(L, 0, -1):
-                acc.gemm(l, c, a[l - 1].T, d[l])
+                acc.gemm(l, c, a[l - 1].T, d)
                 if l > 1:
-                    np.matmul(d[l], weights[l - 1][0].T, out=d[l - 1])
-                    self.kernels.backprop_activation(d[l - 1], a[l - 1], code, acc.bias_slot(l - 1, c))
+                    below = rows_view(errs[(L - l + 1) % 2], n, self.layers[l - 1])
+                    np.matmul(d, weights[l - 1][0].T, out=below)
+                    self.kernels.backprop_activation(below, a[l - 1], codes[l - 2], acc.bias_slot(l - 1, c))
                     acc.bias_done(l - 1, c)
+                    d = below
         if batch.n == 0:
             grad[:] = 0.0
         return total, grad
 
-    def forward(self, theta, X, y=None, *, recycle: "ForwardCache | None" = None) -> "ForwardCache":
+    def forward(self, theta, X, y=None, *, recycle: ForwardCache | None = None) -> ForwardCache:
         """Forward pass of a batch at θ, for many ``gv``/``hv`` products (θ is copied).
 
         ``recycle`` hands the buffers of a cache no longer needed to the new one.
@@ -359,16 +460,13 @@ class MLP(Model):
 
     # ---------------------------------------------------------------- prediction
     def _outputs(self, theta, X):
-        """Yield (rows, output state) chunk by chunk: probabilities, or z for squared error."""
+        """Yield (rows, output state) chunk by chunk: z_L (the loss state is not applied)."""
         weights = self.unflatten(theta)
         batch = self.batch(X)
-        rows = min(batch.n, self.chunk_size)
-        acts = self._buffers(rows)
-        for start, stop in self._chunks(batch.n):
+        pair = self._pair(min(batch.n, self.chunk_size))
+        for start, stop in self.chunk_bounds(batch.n):
             part = batch.rows(start, stop)
-            view = [part.X] + [a[: part.n] for a in acts[1:]]
-            self._forward_into(weights, part.X, view)
-            yield start, stop, view[-1]
+            yield start, stop, self._forward_pair(weights, part.X, pair)
 
     def predict(self, theta, X) -> np.ndarray:
         """Arg-max class of each row (z_L's arg-max: the same for every loss)."""
@@ -397,209 +495,3 @@ def _no_targets(dtype) -> np.ndarray:
 
 def _no_colsum(dtype) -> np.ndarray:
     return np.zeros(0, dtype=dtype)
-
-
-class _Accumulator:
-    """Adds per-chunk contributions into the views of a flat result vector.
-
-    The first chunk writes each layer's slot directly (GEMM ``out=``); later chunks and
-    second terms go through a scratch buffer and are added in, always in the same order.
-    """
-
-    def __init__(self, model: MLP, out: np.ndarray, scratch: np.ndarray | None = None):
-        self._k = model.kernels
-        self.views = model.unflatten(out)
-        if scratch is None:
-            scratch = np.empty(model.n_params, dtype=model.dtype)
-        self.scratch = model.unflatten(scratch)
-        self.written: set[tuple[int, str]] = set()
-
-    def gemm(self, layer: int, chunk: int, a: np.ndarray, b: np.ndarray) -> None:
-        """W-slot of ``layer`` += a·b."""
-        key = (layer, "W")
-        W = self.views[layer - 1][0]
-        if key not in self.written:
-            np.matmul(a, b, out=W)
-            self.written.add(key)
-        else:
-            tmp = self.scratch[layer - 1][0]
-            np.matmul(a, b, out=tmp)
-            self._k.add_into(W, tmp)
-
-    def bias_slot(self, layer: int, chunk: int) -> np.ndarray:
-        """Where a kernel should write this chunk's column sum for the bias of ``layer``."""
-        if (layer, "b") not in self.written:
-            return self.views[layer - 1][1]
-        return self.scratch[layer - 1][1]
-
-    def bias_done(self, layer: int, chunk: int) -> None:
-        key = (layer, "b")
-        if key not in self.written:
-            self.written.add(key)
-        else:
-            self._k.add_into(self.views[layer - 1][1], self.scratch[layer - 1][1])
-
-
-@attrs.define
-class _Chunk:
-    batch: Batch
-    acts: list  # [X, a_1, ..., a_{L−1}, p_L (output state)]
-    delta_out: np.ndarray  # δ_L
-    scale: np.ndarray
-    deltas: list | None = None  # [None, δ_1, ..., δ_{L−1}, δ_L], filled for the exact Hessian
-
-
-class _Pool:
-    """Arrays handed back by a released cache, reused by the next one of the same shapes.
-
-    A fresh cache otherwise pays first-touch page faults on all of its buffers (tens of
-    MB for a 5,000-row batch), which costs as much as a few GEMMs.
-    """
-
-    def __init__(self, arrays=()):
-        self._free: dict[tuple, list[np.ndarray]] = {}
-        for a in arrays:
-            self._free.setdefault((a.shape, a.dtype.str), []).append(a)
-
-    def empty(self, shape, dtype) -> np.ndarray:
-        stack = self._free.get((tuple(shape), np.dtype(dtype).str))
-        return stack.pop() if stack else np.empty(shape, dtype=dtype)
-
-    def buffers(self, rows: int, widths, dtype) -> list:
-        return [None] + [self.empty((rows, d), dtype) for d in widths]
-
-
-class ForwardCache:
-    """One batch's forward pass at a fixed θ, reused by every curvature product.
-
-    ``gv(v)`` and ``hv(v)`` return the batch *sums* (callers divide by the global
-    batch size). ``loss_sum`` is the batch loss at θ. Not thread-safe: one cache per rank.
-    ``recycle``: a previous cache whose buffers this one takes over (that cache is then
-    released and refuses further products).
-    """
-
-    @_quiet_float_errors
-    def __init__(self, model: MLP, theta, batch: Batch, recycle: "ForwardCache | None" = None):
-        pool = recycle._release() if recycle is not None else _Pool()
-        self._released = False
-        self.model = model
-        self._k = model.kernels
-        self.theta = model._check_vector(theta, "theta").copy()
-        self.weights = model.unflatten(self.theta)
-        self.n = batch.n
-        self.loss_sum = 0.0
-        L = model.n_layers
-        rows = min(max(batch.n, 1), model.chunk_size)
-        self.chunks: list[_Chunk] = []
-        for start, stop in model._chunks(batch.n):
-            part = batch.rows(start, stop)
-            acts = [part.X] + pool.buffers(part.n, model.layers[1:], model.dtype)[1:]
-            model._forward_into(self.weights, part.X, acts)
-            delta = pool.empty(acts[L].shape, model.dtype)
-            scale = pool.empty((part.n,), model.dtype)
-            colsum = np.empty(model.n_outputs, dtype=model.dtype)
-            self.loss_sum += model._loss_state(acts[L], part, True, delta, colsum, scale)
-            self.chunks.append(_Chunk(part, acts, delta, scale))
-        # workspace shared by all chunks: R(z_l), R(a_l), and two back-propagation buffers
-        self._rz, self._ra, self._g1, self._g2 = (pool.buffers(rows, model.layers[1:], model.dtype) for _ in range(4))
-        self._colsum = [None] + [np.empty(d, dtype=model.dtype) for d in model.layers[1:]]
-        self._scratch = np.empty(model.n_params, dtype=model.dtype)  # one per cache, not per product
-        self._pool = pool  # what is left of a recycled cache: the δ_l buffers, if any
-
-    def _release(self) -> _Pool:
-        """Hand every buffer to a new cache; this cache refuses products from now on."""
-        if self._released:
-            raise InputError("recycle: this forward cache was already recycled")
-        self._released = True
-        arrays = []
-        for ch in self.chunks:
-            arrays += ch.acts[1:] + [ch.delta_out, ch.scale]
-            if ch.deltas is not None:
-                arrays += [d for d in ch.deltas[1:-1]]
-        for group in (self._rz, self._ra, self._g1, self._g2):
-            arrays += group[1:]
-        self.chunks = []
-        return _Pool(arrays)
-
-    @_quiet_float_errors
-    def _ensure_deltas(self) -> None:
-        """δ_l for every hidden layer (the exact Hessian needs them; computed once)."""
-        code, L = self.model.activation.code, self.model.n_layers
-        for ch in self.chunks:
-            if ch.deltas is not None:
-                continue
-            deltas = [None] * (L + 1)
-            deltas[L] = ch.delta_out
-            for l in range(L, 1, -1):
-                d = np.matmul(deltas[l], self.weights[l - 1][0].T, out=self._pool.empty((ch.batch.n, self.model.layers[l - 1]), self.model.dtype))
-                self._k.backprop_activation(d, ch.acts[l - 1], code, self._colsum[l - 1])
-                deltas[l - 1] = d
-            ch.deltas = deltas
-
-    def _r_forward(self, ch: _Chunk, V, n: int) -> tuple[list, list]:
-        """R(z_l) and R(a_l) for every layer of one chunk (views of the workspace)."""
-        L, code = self.model.n_layers, self.model.activation.code
-        rz = [None] + [buf[:n] for buf in self._rz[1:]]
-        ra = [None] + [buf[:n] for buf in self._ra[1:]]
-        g2 = [None] + [buf[:n] for buf in self._g2[1:]]
-        for l in range(1, L + 1):
-            W = self.weights[l - 1][0]
-            Vw, vb = V[l - 1]
-            np.matmul(ch.acts[l - 1], Vw, out=rz[l])  # a_{l−1}·V_l
-            has2 = l > 1
-            if has2:
-                np.matmul(ra[l - 1], W, out=g2[l])  # R(a_{l−1})·W_l
-            if l < L:
-                self._k.r_activation(rz[l], g2[l], has2, vb, ch.acts[l], code, ra[l])
-            else:
-                self._k.r_output(rz[l], g2[l], has2, vb)
-        return rz, ra
-
-    @_quiet_float_errors
-    def _product(self, v, out, exact: bool) -> np.ndarray:
-        if self._released:
-            raise InputError("this forward cache was recycled by a newer one; compute a new forward pass")
-        model, L, code = self.model, self.model.n_layers, self.model.activation.code
-        V = model.unflatten(v)
-        if out is None:
-            out = np.empty(model.n_params, dtype=model.dtype)
-        elif out.shape != (model.n_params,) or out.dtype != model.dtype or not out.flags.c_contiguous:
-            raise InputError(f"out: expected a contiguous ({model.n_params},) {model.dtype} array, found {out.shape} {out.dtype}")
-        if exact:
-            self._ensure_deltas()
-        acc = _Accumulator(model, out, self._scratch)
-        for c, ch in enumerate(self.chunks):
-            n = ch.batch.n
-            rz, ra = self._r_forward(ch, V, n)
-            g1 = [None] + [buf[:n] for buf in self._g1[1:]]
-            g2 = [None] + [buf[:n] for buf in self._g2[1:]]
-            # R(δ_L) = H_L·R(z_L), in g1[L]
-            self._k.loss_hessian_product(ch.acts[L], rz[L], ch.scale, model.loss_kind.code, g1[L], acc.bias_slot(L, c))
-            acc.bias_done(L, c)
-            for l in range(L, 0, -1):
-                acc.gemm(l, c, ch.acts[l - 1].T, g1[l])  # a_{l−1}ᵀ·R(δ_l)
-                if exact and l > 1:
-                    acc.gemm(l, c, ra[l - 1].T, ch.deltas[l])  # R(a_{l−1})ᵀ·δ_l
-                if l == 1:
-                    break
-                W = self.weights[l - 1][0]
-                np.matmul(g1[l], W.T, out=g1[l - 1])
-                if exact:
-                    np.matmul(ch.deltas[l], V[l - 1][0].T, out=g2[l - 1])
-                    self._k.r_backprop_activation(
-                        g1[l - 1], g2[l - 1], ch.deltas[l - 1], ch.acts[l - 1], rz[l - 1], code, acc.bias_slot(l - 1, c)
-                    )
-                else:
-                    self._k.backprop_activation(g1[l - 1], ch.acts[l - 1], code, acc.bias_slot(l - 1, c))
-                acc.bias_done(l - 1, c)
-        if not self.chunks:
-            out[:] = 0.0
-        return out
-
-    def gv(self, v, out=None) -> np.ndarray:
-        """Σᵢ Jᵢᵀ H_L,ᵢ Jᵢ v over the batch (Gauss-Newton; positive semi-definite)."""
-        return self._product(self.model._check_vector(v, "v"), out, exact=False)
-
-    def hv(self, v, out=None) -> np.ndarray:
-        """Σᵢ ∇²ℓᵢ v over the batch (exact Hessian, R-operator)."""
-        return self._product(self.model._check_vector(v, "v"), out, exact=True)
