@@ -85,6 +85,19 @@ class Model(ABC):
         return self.forward(theta, X, y).hv(v)
 
     # ---------------------------------------------------------------- classification
+    def warm_up(self) -> None:
+        """Compile (or load from a cache) whatever the model's passes need, on a tiny batch,
+        before anything is timed (``fit`` calls it once per rank). The default runs each
+        pass once on two rows of zeros with class labels."""
+        theta = self.init_params(0)
+        X = np.zeros((2, self.layers[0]), dtype=self.dtype)
+        y = np.zeros(2, dtype=np.int64)
+        self.loss_grad(theta, X, y)
+        self.evaluate(theta, X, y)
+        cache = self.forward(theta, X, y)
+        cache.gv(theta)
+        cache.hv(theta)
+
     @abstractmethod
     def predict(self, theta, X) -> np.ndarray:
         """Predicted class index of each row of X."""

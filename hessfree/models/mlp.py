@@ -177,6 +177,8 @@ class MLP(Model):
     parallel: bool = attrs.field(default=False, converter=bool)
     _offsets: tuple[tuple[int, int, int], ...] = attrs.field(init=False, repr=False, eq=False)
     _codes: tuple[int, ...] = attrs.field(init=False, repr=False, eq=False)
+    #: a kernel set forced for warm-up only (None: chosen by ``parallel``)
+    _forced_kernels: object = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         offsets, start = [], 0
@@ -200,7 +202,27 @@ class MLP(Model):
     @property
     def kernels(self):
         """The numba kernel set this model uses (serial or parallel, see ``parallel``)."""
-        return K.kernels(self.parallel)
+        return self._forced_kernels if self._forced_kernels is not None else K.kernels(self.parallel)
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel this model can run, on a tiny
+        batch, so that no compilation happens inside a timed phase. A ``parallel`` model runs
+        the parallel kernels only on large arrays, so those are compiled here explicitly."""
+        sets = (K.SERIAL, K.PARALLEL) if self.parallel else (K.SERIAL,)
+        X = np.zeros((2, self.n_inputs), dtype=self.dtype)
+        targets = (np.zeros(2, dtype=np.int64),)
+        if self.loss_kind is not Loss.SOFTMAX_CROSS_ENTROPY:
+            targets += (np.full((2, self.n_outputs), 0.5, dtype=self.dtype),)
+        for kernels in sets:
+            model = attrs.evolve(self)
+            object.__setattr__(model, "_forced_kernels", kernels)
+            theta = model.init_params(0)
+            for y in targets:
+                model.loss_grad(theta, X, y)
+                model.evaluate(theta, X, y)
+                cache = model.forward(theta, X, y)
+                cache.gv(theta)
+                cache.hv(theta)
 
     @property
     def activations(self) -> tuple[str, ...]:

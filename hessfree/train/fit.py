@@ -159,18 +159,6 @@ class Simulation:
     compute_scale: float = real_field(1.0, low=0, low_open=True)
 
 
-def warm_kernels(model: Model) -> None:
-    """Compile (or load from numba's cache) every kernel a run uses, on a tiny batch."""
-    theta = model.init_params(0)
-    X = np.zeros((2, model.n_inputs), dtype=model.dtype)
-    y = np.zeros(2, dtype=np.int64)
-    model.loss_grad(theta, X, y)
-    model.evaluate(theta, X, y)
-    cache = model.forward(theta, X, y)
-    cache.gv(theta)
-    cache.hv(theta)
-
-
 def identity_of(model: Model, data: Dataset, config: TrainConfig, ranks: int | None = None) -> dict:
     """The settings that determine a trajectory (checkpoints of another one are refused):
     the model, the data's content (its fingerprint, else its name) and sizes, the method
@@ -239,7 +227,7 @@ def fit(
         for hook in hooks:
             hook.on_warmup_start()
         started = time.perf_counter()
-        warm_numba_cache(comm, lambda: warm_kernels(model))
+        warm_numba_cache(comm, model.warm_up)
         for hook in hooks:
             hook.on_warmup_end(time.perf_counter() - started)
     clock_zero = getattr(comm, "clock", None)  # the simulated clock starts after the warm-up
