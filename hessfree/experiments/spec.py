@@ -80,6 +80,7 @@ class Quick:
     tuning_seeds: int = 1
     seeds: int = 2
     grid_limit: int = 2
+    batches: tuple[int, ...] = ()  # scaling experiments: smaller batches for fewer samples
 
 
 @attrs.frozen(kw_only=True)
@@ -134,6 +135,7 @@ class Experiment:
             tuning_seeds=self.tuning_seeds[: q.tuning_seeds],
             seeds=self.seeds[: q.seeds],
             methods=tuple(attrs.evolve(m, grid={k: _trim(v, q.grid_limit) for k, v in m.grid.items()}) for m in self.methods),
+            batches=q.batches or self.batches,
         )
 
     def with_seeds(self, n: int) -> "Experiment":
@@ -256,11 +258,12 @@ def _parse(key: str, value, where: str):
         q = _table(key, value, where)
         unknown = sorted(set(q) - {f.name for f in attrs.fields(Quick)})
         if unknown:
-            raise ConfigError(f"{where}: quick.{unknown[0]}: unknown key; known keys: base, grid_limit, seeds, tuning_seeds")
+            raise ConfigError(f"{where}: quick.{unknown[0]}: unknown key; known keys: base, batches, grid_limit, seeds, tuning_seeds")
         return Quick(
             base=_table("quick.base", q.get("base", {}), where),
             tuning_seeds=integer(f"{where}: quick.tuning_seeds", q.get("tuning_seeds", 1), 1),
             seeds=integer(f"{where}: quick.seeds", q.get("seeds", 2), 1),
             grid_limit=integer(f"{where}: quick.grid_limit", q.get("grid_limit", 2), 1),
+            batches=_ints("quick.batches", q.get("batches", []), where, minimum=1),
         )
     raise ConfigError(f"{where}: {key}: unknown key")  # pragma: no cover - from_mapping filters
