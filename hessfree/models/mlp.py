@@ -440,12 +440,30 @@ class MLP(Model):
         return total, wrong
 
     @quiet_float_errors
-    def loss_grad(self, theta, X, y=None) -> tuple[float, np.ndarray]:
+    def loss_grad(self, theta, X, y=None):
         """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ) over the batch."""
+        return self._loss_grad(theta, X, y, squares=False)[:2]
+
+    @quiet_float_errors
+    def loss_grad_squares(self, theta, X, y=None) -> tuple[float, np.ndarray, np.ndarray]:
+        """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ, Σᵢ ∇ℓᵢ ⊙ ∇ℓᵢ): the gradient and the diagonal of the empirical
+        Fisher matrix (Martens' preconditioner) in one pass.
+
+        A sample's gradient of W_l is the outer product a_{l−1,i} δ_{l,i}ᵀ, so its square
+        summed over the samples is (a_{l−1}⊙a_{l−1})ᵀ(δ_l⊙δ_l): one more GEMM per layer of
+        the gradient's own shape; the bias's is the column sum of δ_l⊙δ_l.
+        """
+        return self._loss_grad(theta, X, y, squares=True)
+
+    def _loss_grad(self, theta, X, y, squares: bool):
         weights = self.unflatten(theta)
         batch = self._labelled(X, y)
         grad = np.empty(self.n_params, dtype=self.dtype)
         acc = Accumulator(self.unflatten(grad), self.unflatten(np.empty(self.n_params, dtype=self.dtype)), self.kernels.add_into)
+        sq = sq_acc = None
+        if squares:
+            sq = np.empty(self.n_params, dtype=self.dtype)
+            sq_acc = Accumulator(self.unflatten(sq), self.unflatten(np.empty(self.n_params, dtype=self.dtype)), self.kernels.add_into)
         rows = min(batch.n, self.chunk_size)
         acts = [None] + [np.empty((rows, d), dtype=self.dtype) for d in self.layers[1:]]
         errs = self._pair(rows)  # δ_l, δ_{l−1} alternate between the two
@@ -463,6 +481,8 @@ class MLP(Model):
             acc.bias_done(L, c)
             for l in range(L, 0, -1):
                 acc.gemm(l, c, a[l - 1].T, d)
+                if squares:
+                    self._square_terms(sq_acc, l, c, a[l - 1], d)
                 if l > 1:
                     below = rows_view(errs[(L - l + 1) % 2], n, self.layers[l - 1])
                     np.matmul(d, weights[l - 1][0].T, out=below)
@@ -471,7 +491,17 @@ class MLP(Model):
                     d = below
         if batch.n == 0:
             grad[:] = 0.0
-        return total, grad
+            if squares:
+                sq[:] = 0.0
+        return total, grad, sq
+
+    @staticmethod
+    def _square_terms(acc: Accumulator, layer: int, chunk: int, a_below: np.ndarray, d: np.ndarray) -> None:
+        """Add one chunk's Σᵢ (∇_W ℓᵢ)² = (a⊙a)ᵀ(δ⊙δ) and Σᵢ (∇_b ℓᵢ)² = Σᵢ δᵢ⊙δᵢ of ``layer``."""
+        d2 = np.square(d)
+        acc.gemm(layer, chunk, np.square(a_below).T, d2)
+        np.sum(d2, axis=0, out=acc.bias_slot(layer, chunk))
+        acc.bias_done(layer, chunk)
 
     def forward(self, theta, X, y=None, *, recycle: ForwardCache | None = None) -> ForwardCache:
         """Forward pass of a batch at θ, for many ``gv``/``hv`` products (θ is copied).
