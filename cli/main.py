@@ -62,6 +62,7 @@ def _train_options():
         click.option("--seed", type=int),
         click.option("--samples", type=int, help="Use only the first N training samples (or generate N)."),
         click.option("--validation", type=float, help="Hold out this fraction of training data for evaluation."),
+        click.option("--autoencoder/--no-autoencoder", default=None, help="Train to reproduce the inputs (outputs as wide as the inputs); the error column is the squared reconstruction error per image."),
         click.option("--comm", type=click.Choice(choices(Backend)), help="Backend (default auto: mpi under mpirun, else threads with --ranks > 1, else serial)."),
         click.option("--ranks", type=int, help="Number of thread ranks with --comm threads."),
         click.option("--comm-timeout", type=float, help=f"Seconds a collective may wait before the job fails (default {r.comm_timeout:g})."),

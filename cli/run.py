@@ -97,16 +97,18 @@ class Row:
     eta_s: float | None
 
 
-def columns(hessian_free: bool, evaluation: str, solver: str, total: int, simulate: bool) -> list[Column]:
+def columns(hessian_free: bool, evaluation: str, solver: str, total: int, simulate: bool, reconstruct: bool = False) -> list[Column]:
     """The progress table's columns for a method family (see the module docstring)."""
     unit = "iter" if hessian_free else "epoch"
-    eval_header = {"validation": "val err", "none": "test err"}.get(evaluation, "test err")
+    kind = "rec" if reconstruct else "err"
+    eval_header = {"validation": f"val {kind}", "none": f"test {kind}"}.get(evaluation, f"test {kind}")
+    error = (lambda x: "-" if x is None else _loss(x)) if reconstruct else _percent
     count_width = max(len(unit), 2 * len(str(total)) + 1)
     cols = [
         Column(unit, count_width, lambda r: f"{r.k}/{r.total}"),
         Column("loss", 9, lambda r: _loss(r.record.loss)),
-        Column("train err", 9, lambda r: _percent(r.record.train_error)),
-        Column(eval_header, 8, lambda r: _percent(r.record.test_error)),
+        Column(f"train {kind}", 9, lambda r: error(r.record.train_error)),
+        Column(eval_header, 8, lambda r: error(r.record.test_error)),
     ]
     if hessian_free:
         cols += [
@@ -213,7 +215,7 @@ class Progress(Callback):
             self.echo(f"note: {info.resume_note}")
         hf = self.unit == "iterations"
         self.info, self.start, self.steps, self.last = info, self.clock(), [], self.clock()
-        self.cols = [c for c in columns(hf, info.evaluation, self.solver, info.total, self.simulate) if c.level <= self.verbose]
+        self.cols = [c for c in columns(hf, info.evaluation, self.solver, info.total, self.simulate, info.reconstruct) if c.level <= self.verbose]
         if self.quiet:
             return
         backend = BACKEND_NAMES.get(info.backend, info.backend)
@@ -224,7 +226,10 @@ class Progress(Callback):
                   f"{info.ranks} rank{'s' if info.ranks != 1 else ''} ({backend})")
         if info.start >= info.total:
             return
-        self.echo(legend(hf, self.solver))
+        text = legend(hf, self.solver)
+        if info.reconstruct:
+            text = text.replace("err: % wrong", "rec: squared reconstruction error per sample")
+        self.echo(text)
         self.echo(render(self.cols, [c.header for c in self.cols]))
 
     def on_iteration(self, record, state) -> None:
@@ -243,9 +248,14 @@ class Progress(Callback):
         if result.status is Status.DIVERGED:
             self.echo(f"error: {result.message}", err=True)
         elif last is not None:
-            split = "validation" if getattr(self, "info", None) is not None and self.info.evaluation == "validation" else "test"
-            acc = "" if last.test_error is None else f", {split} accuracy {1 - last.test_error:.4f}"
-            self.echo(f"done: {result.state.iteration} {self.unit}, loss {last.loss:.6f}, train accuracy {1 - last.train_error:.4f}{acc}, {last.time_s:.1f}s")
+            info = getattr(self, "info", None)
+            split = "validation" if info is not None and info.evaluation == "validation" else "test"
+            if info is not None and info.reconstruct:
+                other = "" if last.test_error is None else f", {split} reconstruction error {last.test_error:.4f}"
+                self.echo(f"done: {result.state.iteration} {self.unit}, loss {last.loss:.6f}, train reconstruction error {last.train_error:.4f}{other}, {last.time_s:.1f}s")
+            else:
+                acc = "" if last.test_error is None else f", {split} accuracy {1 - last.test_error:.4f}"
+                self.echo(f"done: {result.state.iteration} {self.unit}, loss {last.loss:.6f}, train accuracy {1 - last.train_error:.4f}{acc}, {last.time_s:.1f}s")
         else:
             self.echo(f"done: nothing to do (already at {result.state.iteration})")
         if result.status is Status.DIVERGED and self.save_model:

@@ -80,6 +80,8 @@ class Dataset:
     origin: str = attrs.field(default="", kw_only=True)
     fingerprint: str = attrs.field(default="", kw_only=True)
     scaling: InputScaling = attrs.field(factory=InputScaling, kw_only=True)
+    #: train to reproduce the inputs (an autoencoder): the targets are X, not the labels
+    reconstruct: bool = attrs.field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -109,6 +111,20 @@ class Dataset:
         for arr in (self.X_train, self.y_train, self.X_test, self.y_test):
             if arr is not None:
                 arr.flags.writeable = False
+
+    @property
+    def train_targets(self) -> np.ndarray:
+        """What the model is trained to output: the labels, or the inputs when reconstructing."""
+        return self.X_train if self.reconstruct else self.y_train
+
+    @property
+    def test_targets(self) -> np.ndarray | None:
+        return self.X_test if self.reconstruct else self.y_test
+
+    @property
+    def n_outputs(self) -> int:
+        """Output width a model needs: the classes, or the features when reconstructing."""
+        return self.n_features if self.reconstruct else self.n_classes
 
     @property
     def n_features(self) -> int:

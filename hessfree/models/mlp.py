@@ -423,11 +423,13 @@ class MLP(Model):
         return self.evaluate(theta, X, y)[0]
 
     @quiet_float_errors
-    def evaluate(self, theta, X, y=None) -> tuple[float, int]:
-        """(Σᵢ ℓᵢ, number of misclassified rows) from one forward pass."""
+    def evaluate(self, theta, X, y=None) -> tuple[float, float]:
+        """(Σᵢ ℓᵢ, Σᵢ errorᵢ) from one forward pass: the number of misclassified rows for
+        class labels; for dense targets (e.g. an autoencoder's, the inputs themselves) the
+        squared error Σᵢ‖ŷᵢ − tᵢ‖² of the outputs ŷ = the loss's output map of z (sigmoid
+        for logistic cross-entropy, softmax, or z for squared error), Martens' measure."""
         weights = self.unflatten(theta)
         batch = self._labelled(X, y)
-        labels = batch.labels if batch.labels is not None else np.argmax(batch.targets, axis=1)
         rows = min(batch.n, self.chunk_size)
         pair = self._pair(rows)
         scale = np.empty(rows, dtype=self.dtype)
@@ -435,9 +437,21 @@ class MLP(Model):
         for start, stop in self.chunk_bounds(batch.n):
             part = batch.rows(start, stop)
             out = self._forward_pair(weights, part.X, pair)
+            if batch.labels is None:  # before the loss pass, which may overwrite z
+                wrong += float(np.sum(np.square(self._output_map(out) - part.targets), dtype=np.float64))
             total += self.loss_into(out, part, False, out, _no_colsum(self.dtype), scale[: part.n])
-            wrong += int(self.kernels.count_errors(out, labels[start:stop]))
+            if batch.labels is not None:
+                wrong += int(self.kernels.count_errors(out, batch.labels[start:stop]))
         return total, wrong
+
+    def _output_map(self, z: np.ndarray) -> np.ndarray:
+        """The network's outputs ŷ from the last pre-activation z, as the loss sees them."""
+        if self.loss_kind is Loss.LOGISTIC_CROSS_ENTROPY:
+            return 0.5 * (1.0 + np.tanh(0.5 * z))  # σ(z), overflow-free
+        if self.loss_kind is Loss.SOFTMAX_CROSS_ENTROPY:
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+        return z
 
     @quiet_float_errors
     def loss_grad(self, theta, X, y=None):

@@ -83,6 +83,8 @@ class RunInfo:
     warnings: tuple[str, ...] = ()
     #: what the evaluation arrays hold: "test", "validation" (held out) or "none"
     evaluation: str = "test"
+    #: an autoencoder run: the errors are squared reconstruction errors per sample
+    reconstruct: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -248,6 +250,7 @@ def fit(
         n_train=data.n_train_global, n_test=data.n_test_global, ranks=comm.size, backend=type(raw).__name__,
         start=state.iteration, total=total, resumed_from=resumed, resume_note=note, warnings=tuple(warnings),
         evaluation=data.evaluation.value,
+        reconstruct=data.reconstruct,
     )
     for hook in hooks:
         hook.on_start(info)

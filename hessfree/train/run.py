@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Sequence
 
+import attrs
 import numpy as np
 
 from hessfree.blas import blas_threads, local_ranks, threads_per_rank
@@ -43,8 +44,10 @@ def build(config: RunConfig, comm: Communicator) -> tuple[Dataset, MLP]:
         samples=config.samples,
         seed=config.train.seed,
     )
+    if config.autoencoder:
+        data = attrs.evolve(data, reconstruct=True)
     model = MLP(
-        [data.n_features, *config.hidden, data.n_classes],
+        [data.n_features, *config.hidden, data.n_outputs],
         activation=config.activation,
         loss=config.loss,
         dtype=config.dtype.value,

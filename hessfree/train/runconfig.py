@@ -69,6 +69,9 @@ class RunConfig:
     loss: Loss = enum_field(Loss, Loss.SOFTMAX_CROSS_ENTROPY)
     dtype: DType = enum_field(DType, DType.FLOAT64)
     validation: float = real_field(0.0, low=0, high=1, high_open=True)
+    #: train to reproduce the inputs (a deep autoencoder): outputs as wide as the inputs,
+    #: the error reported is the squared reconstruction error per image
+    autoencoder: bool = bool_field(False)
     samples: int | None = int_field(None, optional=True)
     comm: Backend = enum_field(Backend, Backend.AUTO)
     ranks: int = int_field(1)
@@ -129,6 +132,7 @@ class RunConfig:
             data=self.data_fingerprint() if data is None or not data.fingerprint else data.fingerprint,
             samples=self.samples,
             validation=self.validation,
+            **({"autoencoder": True} if self.autoencoder else {}),  # absent when off: old identities stay valid
             hidden=list(self.hidden),
             activation=self.activation if isinstance(self.activation, str) else list(self.activation),
             loss=self.loss.value,

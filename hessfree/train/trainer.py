@@ -78,8 +78,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.comm = comm if comm is not None else SerialComm()
-        self.train = model.batch(data.X_train, data.y_train)
-        self.test = model.batch(data.X_test, data.y_test) if data.has_test else None
+        self.train = model.batch(data.X_train, data.train_targets)
+        self.test = model.batch(data.X_test, data.test_targets) if data.has_test else None
         self.n_train = data.n_train_global
         self.n_test = data.n_test_global
         self.rows = data.shard.train_rows if data.shard is not None else range(data.n_train)
@@ -89,7 +89,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def initial_theta(self, theta: np.ndarray | None) -> np.ndarray:
-        return self.model.init_params(self.config.seed) if theta is None else np.array(theta, dtype=self.dtype)
+        """θ₀: the given parameters, or ``init_scale`` × the model's seeded initialisation."""
+        if theta is not None:
+            return np.array(theta, dtype=self.dtype)
+        theta = self.model.init_params(self.config.seed)
+        scale = self.config.init_scale
+        return theta if scale == 1.0 else (theta * scale).astype(theta.dtype, copy=False)
 
     def state_payload(self, state: TrainState) -> tuple[dict, dict]:
         return state_payload(state)
