@@ -1,0 +1,91 @@
+"""Time to 1% training error on MNIST 784-400-10 (float32): hessfree's default HF method
+against momentum SGD and Adam with the learning rates the fig1 experiment's tuning chose,
+all in one run of this script on this machine. Writes benchmarks/results/to_accuracy.json.
+
+The issue's goals, printed as ratios: HF wall time ≤ 2× each first-order method's, and
+HF effective epochs ≤ 60. Usage:
+
+    python benchmarks/bench_to_accuracy.py --data-dir ../shared/data/mnist [--target 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from hessfree.train import Callback, TrainConfig, make_run_config
+from hessfree.train.run import run
+
+HERE = Path(__file__).resolve().parent
+
+
+class StopAt(Callback):
+    """Stops at the target training error; remembers when it was reached."""
+
+    def __init__(self, target: float):
+        self.target, self.reached = target, None
+
+    def on_iteration(self, record, state):
+        if self.reached is None and record.train_error <= self.target:
+            self.reached = record
+        return self.reached is not None
+
+
+def tuned_first_order(fig1: Path) -> dict[str, dict]:
+    """The settings fig1's tuning chose for msgd and adam (defaults if fig1 has not run)."""
+    chosen = {"msgd": {"lr": 0.03, "batch_size": 64}, "adam": {"lr": 1e-3, "batch_size": 64}}
+    try:
+        tuning = json.loads((fig1 / "summary.json").read_text())["tuning"]
+        for method in chosen:
+            chosen[method] = tuning[method]["chosen"]
+    except (OSError, KeyError, ValueError):
+        pass
+    return chosen
+
+
+def measure(name: str, values: dict, target: float) -> dict:
+    hook = StopAt(target)
+    start = time.perf_counter()
+    result = run(make_run_config(values), [hook])
+    wall = time.perf_counter() - start
+    r = hook.reached
+    return dict(
+        name=name, settings={k: v for k, v in values.items() if k not in ("data_dir",)},
+        reached=r is not None, time_s=None if r is None else r.time_s, epochs=None if r is None else r.epochs,
+        iterations=result.state.iteration, wall_with_startup_s=wall,
+        final_train_error=result.last.train_error if result.last else None,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--target", type=float, default=0.01)
+    parser.add_argument("--out", default=str(HERE / "results" / "to_accuracy.json"))
+    args = parser.parse_args()
+    base = dict(dataset="mnist", data_dir=args.data_dir, hidden="400", dtype="float32", seed=0, quiet=True)
+    default = TrainConfig().method.value
+    runs = [measure(f"{default} (defaults)", {**base, "iterations": 60}, args.target)]
+    for method, settings in tuned_first_order(HERE / "results" / "fig1").items():
+        runs.append(measure(f"{method} (fig1-tuned)", {**base, "method": method, "epochs": 40, **settings}, args.target))
+    hf = runs[0]
+    ratios = {r["name"]: (hf["time_s"] / r["time_s"]) if hf["time_s"] and r["time_s"] else None for r in runs[1:]}
+    out = dict(target=args.target, runs=runs, hf_over_first_order_wall=ratios,
+               goals={"hf_wall_at_most_2x": all(v is not None and v <= 2 for v in ratios.values()),
+                      "hf_epochs_at_most_60": hf["epochs"] is not None and hf["epochs"] <= 60})
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"| run | reached {args.target:.0%} | wall s | effective epochs | iterations/epochs run |")
+    print("|---|---|---|---|---|")
+    for r in runs:
+        wall = "—" if r["time_s"] is None else f"{r['time_s']:.1f}"
+        epochs = "—" if r["epochs"] is None else f"{r['epochs']:.1f}"
+        print(f"| {r['name']} | {r['reached']} | {wall} | {epochs} | {r['iterations']} |")
+    for name, ratio in ratios.items():
+        print(f"HF wall / {name}: {'—' if ratio is None else f'{ratio:.2f}'}")
+    print("goals:", out["goals"])
+
+
+if __name__ == "__main__":
+    main()
