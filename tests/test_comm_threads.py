@@ -277,3 +277,268 @@ def test_back_to_back_in_place_reductions_never_see_a_neighbours_next_input(size
         return wrong
 
     assert run_threads(work, size, timeout=30) == [[]] * size
+
+
+# ------------------------------------------------------------- the running-sum allreduce
+
+# Sizes on both sides of threads._UNLOCKED_ELEMENTS (4096): small arrays are added with
+# the world's mutex held, large ones with it released while other ranks keep arriving.
+SMALL, LARGE = 1000, 70_001
+
+
+def order_sensitive(size: int, n: int, dtype, seed: int = 0) -> list[np.ndarray]:
+    """Inputs whose float sum depends on the order of the additions: large values of
+    both signs that cancel, mixed with small ones that are lost or kept depending on
+    when the cancellation happens."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for _ in range(size):
+        scale = 10.0 ** rng.integers(-3, 8, n)
+        arrays.append((rng.standard_normal(n) * scale).astype(dtype))
+    return arrays
+
+
+def rank_order_sum(arrays: list[np.ndarray]) -> np.ndarray:
+    total = arrays[0].copy()
+    for x in arrays[1:]:
+        total = total + x
+    return total
+
+
+def test_order_sensitive_inputs_really_depend_on_the_order():
+    """Guards the tests below: another order or grouping gives other bits."""
+    arrays = order_sensitive(16, LARGE, np.float32)
+    reference = arrays[0] + arrays[1] + arrays[2] + arrays[3] + arrays[4] + arrays[5] + arrays[6] + arrays[7] \
+        + arrays[8] + arrays[9] + arrays[10] + arrays[11] + arrays[12] + arrays[13] + arrays[14] + arrays[15]
+    assert same_bits(reference, rank_order_sum(arrays))
+    assert not same_bits(reference, rank_order_sum(arrays[::-1]))
+    halves = rank_order_sum(arrays[:8]) + rank_order_sum(arrays[8:])
+    assert not same_bits(reference, halves)
+    pairs = arrays
+    while len(pairs) > 1:  # a tree: (x0 + x1) + (x2 + x3), ...
+        pairs = [pairs[i] + pairs[i + 1] for i in range(0, len(pairs), 2)]
+    assert not same_bits(reference, pairs[0])
+
+
+@pytest.mark.parametrize("n", [SMALL, LARGE])
+@pytest.mark.parametrize("size", [1, 2, 4, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_allreduce_is_bitwise_the_numpy_rank_order_sum(size, n, dtype):
+    arrays = order_sensitive(size, n, dtype, seed=size)
+    reference = rank_order_sum(arrays)
+
+    def work(comm: ThreadComm) -> tuple[np.ndarray, np.ndarray]:
+        x = arrays[comm.rank].copy()
+        fresh = comm.allreduce(x)
+        comm.allreduce(x, out=x)
+        return fresh, x
+
+    for fresh, in_place in run_threads(work, size, timeout=60):
+        assert same_bits(fresh, reference)
+        assert same_bits(in_place, reference)
+
+
+@pytest.mark.parametrize("order", ["reversed", "rank0-last", "shuffled"])
+def test_arrival_order_does_not_change_the_bits(order):
+    """However the ranks arrive (here forced by staggered sleeps), the additions happen in
+    rank order, partly while later ranks are still busy."""
+    size = 16
+    arrays = order_sensitive(size, LARGE, np.float32, seed=3)
+    reference = rank_order_sum(arrays)
+    position = {
+        "reversed": list(range(size))[::-1],
+        "rank0-last": [size - 1] + list(range(size - 1)),
+        "shuffled": list(np.random.default_rng(1).permutation(size)),
+    }[order]
+
+    def work(comm: ThreadComm) -> np.ndarray:
+        time.sleep(0.003 * position[comm.rank])
+        return comm.allreduce(arrays[comm.rank])
+
+    for got in run_threads(work, size, timeout=60):
+        assert same_bits(got, reference)
+
+
+@pytest.mark.parametrize("n", [SMALL, LARGE])
+def test_sixteen_ranks_back_to_back_in_place_with_changing_inputs(n):
+    size = 16
+
+    def work(comm: ThreadComm) -> list[int]:
+        x = np.empty(n, np.float32)
+        wrong = []
+        for i in range(40):
+            x[:] = arrays_for(i)[comm.rank]
+            comm.allreduce(x, out=x)
+            if not same_bits(x, references[i]):
+                wrong.append(i)
+            if i % 7 == 0:
+                time.sleep(0.001 * (comm.rank % 3))  # vary who arrives first
+        return wrong
+
+    def arrays_for(i: int) -> list[np.ndarray]:
+        return inputs[i % len(inputs)]
+
+    inputs = [order_sensitive(size, n, np.float32, seed=s) for s in range(3)]
+    references = [rank_order_sum(arrays_for(i)) for i in range(40)]
+    assert run_threads(work, size, timeout=60) == [[]] * size
+
+
+def test_interleaved_shapes_dtypes_and_collectives_keep_their_results_apart():
+    """The world reuses one scratch buffer per shape and dtype; more shapes than it keeps,
+    interleaved with scalars, bcasts and barriers, must not mix up results."""
+    size = 4
+    shapes = [(n,) for n in (3, 5000, 7, 9000, 11, 13, 17, 19, 23, 70_000)] + [(), (0,), (40, 300)]
+
+    def work(comm: ThreadComm) -> list[str]:
+        bad = []
+        for i, shape in enumerate(shapes * 2):
+            for dtype in (np.float64, np.float32, np.int64):
+                x = np.full(shape, comm.rank + i, dtype=dtype)
+                got = comm.allreduce(x)
+                expected = np.full(shape, sum(r + i for r in range(size)), dtype=dtype)
+                if not same_bits(got, expected):
+                    bad.append(f"allreduce {shape} {dtype}")
+            if comm.allreduce_scalars(comm.rank)[0] != sum(range(size)):
+                bad.append("scalars")
+            buf = np.full(shape, float(comm.rank))
+            comm.bcast(buf, root=i % size)
+            if not np.all(buf == i % size):
+                bad.append(f"bcast {shape}")
+            comm.barrier()
+        return bad
+
+    assert run_threads(work, size, timeout=60) == [[]] * size
+
+
+@pytest.mark.parametrize("n", [SMALL, LARGE])
+def test_bcast_root_may_change_its_buffer_right_after(n):
+    """bcast is one rendezvous: every copy is made before anyone, root included, returns."""
+    size = 16
+
+    def work(comm: ThreadComm) -> bool:
+        ok = True
+        for i in range(20):
+            root = i % size
+            buf = np.full(n, float(1000 * i + comm.rank))
+            comm.bcast(buf, root=root)
+            ok &= bool(np.all(buf == 1000 * i + root))
+            buf[:] = -1.0  # root overwrites at once; nobody may still be copying from it
+        return ok
+
+    assert run_threads(work, size, timeout=60) == [True] * size
+
+
+@pytest.mark.parametrize(
+    "late_call, expected",
+    [
+        (lambda c: c.allreduce(np.ones(LARGE, np.float32)), "float32|<f4"),
+        (lambda c: c.allreduce(np.ones(LARGE + 1)), rf"\({LARGE},\).*\({LARGE + 1},\)"),
+        (lambda c: c.bcast(np.ones(LARGE)), "different collectives"),
+    ],
+)
+def test_a_mismatch_arriving_after_the_sum_started_fails_every_rank(late_call, expected):
+    """Ranks 0..2 arrive first and their inputs are summed; rank 3 calls something else."""
+    errors: list[str] = []
+
+    def work(comm: ThreadComm) -> None:
+        try:
+            if comm.rank == 3:
+                time.sleep(0.1)
+                late_call(comm)
+            else:
+                comm.allreduce(np.ones(LARGE))
+        except CommError as error:
+            errors.append(str(error))
+            raise
+
+    with pytest.raises(CommError, match=expected):
+        run_threads(work, 4, timeout=10)
+    assert len(errors) == 4
+    assert all("ranks called different collectives" in e for e in errors)
+
+
+def test_a_rank_failing_while_the_others_sum_wakes_them():
+    woken: list[str] = []
+
+    def work(comm: ThreadComm) -> None:
+        if comm.rank == 0:  # the others' inputs wait for rank 0's, which never comes
+            time.sleep(0.1)
+            raise ValueError("rank 0 broke")
+        try:
+            comm.allreduce(np.ones(LARGE))
+        except CommError as error:
+            woken.append(str(error))
+            raise
+
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="rank 0 broke"):
+        run_threads(work, 16, timeout=60)
+    assert time.monotonic() - start < 5
+    assert len(woken) == 15 and all("rank 0 failed" in w for w in woken)
+
+
+def test_an_error_while_summing_fails_every_rank(monkeypatch):
+    import hessfree.comm.threads as threads_module
+
+    def no_memory(self, like):
+        raise MemoryError("no room for the total")
+
+    monkeypatch.setattr(threads_module._World, "_scratch_for", no_memory)
+    woken: list[str] = []
+
+    def work(comm: ThreadComm) -> None:
+        try:
+            comm.allreduce(np.ones(LARGE))
+        except CommError as error:
+            woken.append(str(error))
+            raise
+
+    with pytest.raises(MemoryError, match="no room"):
+        run_threads(work, 4, timeout=10)
+    assert len(woken) == 3
+    assert all("failed while combining the buffers" in w and "MemoryError" in w for w in woken)
+
+
+def test_a_stalled_rank_trips_the_deadline_of_a_large_allreduce():
+    release = threading.Event()
+
+    def work(comm: ThreadComm) -> None:
+        if comm.rank == 2:
+            release.wait(30)
+            return
+        with comm.phase(Phase.GRADIENT):
+            comm.allreduce(np.ones(LARGE, np.float32))
+
+    try:
+        with pytest.raises(CommError) as info:
+            run_threads(work, 4, timeout=0.5)
+    finally:
+        release.set()
+    message = str(info.value)
+    assert "allreduce (phase gradient)" in message and "rank(s) [2]" in message
+
+
+@pytest.mark.parametrize("size", [2, 16])
+def test_ranks_reducing_one_shared_array_in_place_get_size_times_it(size):
+    """Inputs and outputs that are one array on every rank: the result still is x+x+…,
+    never a sum that read an output already written."""
+    shared = order_sensitive(1, LARGE, np.float64)[0]
+    reference = rank_order_sum([shared] * size)
+
+    def work(comm: ThreadComm) -> None:
+        comm.allreduce(shared, out=shared)
+
+    run_threads(work, size, timeout=60)
+    assert same_bits(shared, reference)
+
+
+def test_ranks_sharing_one_output_array_all_get_the_sum():
+    size = 4
+    arrays = order_sensitive(size, LARGE, np.float32, seed=5)
+    out = np.empty_like(arrays[0])
+
+    def work(comm: ThreadComm) -> None:
+        comm.allreduce(arrays[comm.rank], out=out)
+
+    run_threads(work, size, timeout=60)
+    assert same_bits(out, rank_order_sum(arrays))

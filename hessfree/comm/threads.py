@@ -1,28 +1,52 @@
 """Ranks as Python threads of one process: ``run_threads(fn, size)``.
 
 numpy's BLAS and the models' ``nogil`` numba kernels release the GIL, so rank threads
-compute in parallel; the collectives only move references and add arrays.
+compute in parallel; the collectives only add and copy arrays and move references.
 
 Each ``run_threads`` call builds its own :class:`_World` (no module-level state), shared by
-its ranks. A collective is one or two *rendezvous* of all ranks:
+its ranks. Every collective is **one** *rendezvous* of all ranks: each rank publishes its
+buffers and waits; the rank that completes the collective's work writes every rank's
+result and only then wakes the others, which return at once.
 
 ``allreduce``
-    rendezvous 1 publishes every rank's input and output buffers; rank ``r`` then sums
-    the element slice ``[n·r/P, n·(r+1)/P)`` of all inputs **in rank order**
-    ``((x₀ + x₁) + x₂) + …`` and writes that slice into every rank's output; rendezvous
-    2 waits until all slices are written. Each element is computed once, by one rank,
-    in a fixed order, so every rank holds bitwise the same result, equal run to run and
-    to the numpy expression ``x₀ + x₁ + …``. In place is safe: a rank writes only its
-    own slice, which no other rank reads.
+    the sum is built in rank order ``((x₀ + x₁) + x₂) + …`` *while the ranks arrive*:
+    whenever the next input in rank order has been published, an arrived rank (one at a
+    time) adds it to a running total, so the additions overlap the computation of the
+    ranks still to come, and the last arrival usually finds part of the sum done. The
+    rank that adds the last input writes that addition straight into the last rank's
+    output, copies it into every other output, and wakes everyone. Each element is
+    therefore computed once, in a fixed order, by whole-array ``np.add`` calls: every
+    rank holds bitwise the same result, equal run to run and to the numpy expression
+    ``x₀ + x₁ + …``. Partial sums live in a scratch buffer of the world (one per shape
+    and dtype, reused, so nothing is allocated per call), never in a rank's buffer, so
+    in place is safe: inputs are only read, and outputs are written only by the last
+    addition, after every other input has been consumed, while their ranks wait (the
+    last rank's output may be its input: an element-wise add may overwrite an operand).
 ``bcast``
-    rendezvous 1 publishes the root's buffer, the others copy it, rendezvous 2 keeps the
-    root from changing it before everyone has copied.
+    the rank that completes the rendezvous copies the root's buffer into every other
+    rank's buffer; the root cannot change it meanwhile, it is still waiting.
 ``barrier``
-    one rendezvous.
+    the rendezvous alone.
 
-The rank that completes a rendezvous also checks that every rank called the same
-collective with the same shape, dtype and root; a mismatch raises CommError on all
-ranks (it would be a silent wrong answer or a hang under MPI).
+Why this shape: on a 2-core machine with 16 rank threads, each wake-up of a sleeping
+thread and each hand-over of a contended GIL costs tens of microseconds, and threads
+woken together queue for the GIL one by one. The former design (two rendezvous per
+allreduce on one condition variable, each rank summing and writing a 1/16 slice) paid
+~75 context switches and ~500 small GIL-releasing numpy calls per 318k-element
+allreduce, about 5x the time numpy needs for the whole sum. Now each waiting rank
+sleeps on its own lock and is woken once, when its result is already written, and only
+returns (no shared ``notify_all`` making every waiter fight for one lock, and the
+launching thread is not woken per collective); the numpy work is a handful of
+whole-array calls by one thread. ``benchmarks/bench_threads.py`` measures it. Tried and
+measured without a gain on 2 shared cores, hence not used: each rank copying its own
+result after the release (more GIL hand-overs, the same time), cutting the sum into
+per-core lanes with a woken helper rank, cache-sized blocks. Spinning before sleeping is
+no option: a spinning Python thread holds the GIL the others need.
+
+The collective's key (kind, shape, dtype, root) of every arriving rank is compared with
+the first one's before anything is added; a mismatch stops the summation and, once all
+ranks are there, raises CommError on all of them (it would be a silent wrong answer or a
+hang under MPI).
 
 Failure handling: when a rank's function raises, the world is *broken*: every rank
 waiting in (or later entering) a rendezvous is woken with a CommError, and
@@ -51,19 +75,52 @@ T = TypeVar("T")
 # How often the launching thread wakes while waiting for its ranks (keeps Ctrl-C working).
 _POLL_SECONDS = 0.2
 
+# Arrays at least this long are added / copied with the world's mutex released, so that
+# ranks arriving meanwhile can publish their input (and the summing rank picks it up);
+# shorter ones cost less than the extra lock round trip.
+_UNLOCKED_ELEMENTS = 4096
+
+# Scratch buffers a world keeps (one per shape and dtype reduced); past this many the
+# cache is emptied, bounding the memory of a program reducing ever new shapes.
+_MAX_SCRATCH = 8
+
+# What the rank completing a collective does before it wakes the others.
+_BARRIER, _SUM, _COPY_ROOT = "barrier", "sum", "copy root"
+
 
 class _World:
-    """The rendezvous state shared by the ranks of one ``run_threads`` call."""
+    """The rendezvous state shared by the ranks of one ``run_threads`` call.
+
+    Every field is guarded by ``_mutex``. While ``_working`` is set, one rank runs the
+    collective's numpy work, with the mutex released for large arrays, on the published
+    buffers and the scratch; nobody else touches those, and the rendezvous cannot be
+    released, until it has finished.
+    """
 
     def __init__(self, size: int, timeout: float) -> None:
         self.size = size
         self.timeout = timeout
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._launcher = threading.Condition(self._mutex)  # run_threads waits here
+        # one lock per rank, held while nobody wakes it: a waiting rank blocks on its own
+        # lock, so a release wakes exactly the ranks that wait, each once
+        self._wakeup = [threading.Lock() for _ in range(size)]
+        for lock in self._wakeup:
+            lock.acquire()
+        self._asleep = [False] * size  # rank r blocks on _wakeup[r] and is owed a release
         self._generation = 0  # completed rendezvous
         self._arrived = 0  # ranks waiting in the current rendezvous
         self._entered = [0] * size  # rendezvous entered, per rank
         self._slots: list[Any] = [None] * size  # what each rank published this rendezvous
         self._keys: list[Hashable] = [None] * size  # what each rank says it is calling
+        self._first_key: Hashable = None  # the first arrival's key; all must equal it
+        self._agree = True  # every key so far equals _first_key
+        self._action = _BARRIER  # what completes the current rendezvous
+        self._root = 0  # bcast root of the current rendezvous
+        self._working = False  # a rank runs the numpy work (mutex released if large)
+        self._summed = 0  # inputs 0.._summed-1 are in _total; == size once outputs are written
+        self._total: np.ndarray | None = None
+        self._scratch: dict[tuple, np.ndarray] = {}
         self._released: tuple[list[Any], str | None] = ([], None)  # payloads, mismatch
         self._finished: set[int] = set()
         self._broken: str | None = None  # why no rendezvous can complete any more
@@ -75,35 +132,157 @@ class _World:
 
         ``key`` describes the call (kind, shape, dtype, root); all ranks must agree.
         """
-        with self._cond:
+        return self._meet(rank, what, key, payload, deadline, _BARRIER)
+
+    def allreduce(self, rank: int, what: str, key: Hashable, send: np.ndarray, out: np.ndarray,
+                  deadline: float) -> None:
+        """Sum every rank's ``send`` in rank order into every rank's ``out``."""
+        self._meet(rank, what, key, (send, out), deadline, _SUM)
+
+    def bcast(self, rank: int, what: str, key: Hashable, buf: np.ndarray, root: int, deadline: float) -> None:
+        """Copy rank ``root``'s ``buf`` into every other rank's ``buf``."""
+        self._meet(rank, what, key, buf, deadline, _COPY_ROOT, root)
+
+    def _meet(self, rank: int, what: str, key: Hashable, payload: Any, deadline: float,
+              action: str, root: int = 0) -> list[Any]:
+        with self._mutex:
             self._raise_if_unusable(rank, what)
             generation = self._generation
             self._entered[rank] += 1
             self._slots[rank] = payload
             self._keys[rank] = key
+            if self._arrived == 0:
+                self._first_key, self._action, self._root = key, action, root
+            elif key != self._first_key:
+                self._agree = False  # nothing more is added; all ranks raise once all are in
             self._arrived += 1
-            if self._arrived == self.size:
-                self._release()
-            else:
-                self._wait_for_release(rank, what, generation, deadline)
+            if not self._working:
+                self._work(rank)  # may release and retake the mutex
+            if self._generation == generation:  # not released while this rank worked
+                if self._complete():
+                    self._release()
+                else:
+                    self._wait_for_release(rank, what, generation, deadline)
             payloads, mismatch = self._released
             if mismatch is not None:
                 raise CommError(f"rank {rank}: {what}: ranks called different collectives: {mismatch}")
             return payloads
 
+    def _complete(self) -> bool:
+        """Whether the current rendezvous may be released (called with the mutex held)."""
+        if self._arrived < self.size or self._working or self._broken is not None:
+            return False
+        if self._agree and self._action != _BARRIER:
+            return self._summed == self.size  # the results are written
+        return True
+
+    def _work(self, rank: int) -> None:
+        """Do what the published buffers allow: extend the running sum by every input
+        that is next in rank order, and once all inputs are in (or, for a bcast, all
+        ranks), write every rank's result. Called with the mutex held, by one rank at a
+        time (``_working``); releases the mutex around large numpy calls."""
+        if not self._agree or self._broken is not None or self._action == _BARRIER:
+            return
+        if self._action == _COPY_ROOT and self._arrived < self.size:
+            return
+        self._working = True
+        try:
+            if self._action == _SUM:
+                self._add_arrived()
+            else:
+                self._copy_root()
+        except BaseException as error:
+            self._break(f"rank {rank} failed while combining the buffers: {error!r}")
+            raise
+        finally:
+            self._working = False
+
+    def _add_arrived(self) -> None:
+        while self._agree and self._broken is None and self._summed < self.size:
+            k = self._summed
+            slot = self._slots[k]
+            if slot is None:
+                return  # rank k has not arrived; whoever brings its input continues
+            send, out = slot
+            last = k == self.size - 1
+            unlocked = send.size >= _UNLOCKED_ELEMENTS
+            if unlocked:
+                self._mutex.release()
+            try:
+                total = self._total
+                if k == 0:
+                    total = send  # read only: x0 itself while it is the whole sum
+                else:
+                    # partial sums go to the scratch; the last addition straight into the
+                    # last rank's output (its input or free memory), saving one copy
+                    dest = out if last and _may_receive(out, send, total) else None
+                    if dest is None:
+                        dest = total if k > 1 else self._scratch_for(send)
+                    np.add(total, send, out=dest)
+                    total = dest
+                if last:
+                    # every rank is waiting, so each output is written while nobody reads
+                    # it, and each input has been consumed (outputs may be inputs)
+                    for _, other in self._slots:
+                        if other is not total:
+                            np.copyto(other, total)
+            finally:
+                if unlocked:
+                    self._mutex.acquire()
+            self._total = total
+            self._summed = k + 1
+        if self._summed == self.size:
+            self._total = None
+
+    def _copy_root(self) -> None:
+        source = self._slots[self._root]
+        unlocked = source.size >= _UNLOCKED_ELEMENTS
+        if unlocked:
+            self._mutex.release()
+        try:
+            for r, buf in enumerate(self._slots):
+                if r != self._root:
+                    np.copyto(buf, source)
+        finally:
+            if unlocked:
+                self._mutex.acquire()
+        self._summed = self.size
+
+    def _scratch_for(self, like: np.ndarray) -> np.ndarray:
+        """The world's buffer for partial sums of ``like``'s shape and dtype. Only the
+        working rank uses it, and only until the outputs are written, before the release,
+        so one buffer serves every collective of that shape."""
+        key = (like.shape, like.dtype.str)
+        buf = self._scratch.get(key)
+        if buf is None:
+            if len(self._scratch) >= _MAX_SCRATCH:
+                self._scratch.clear()
+            buf = self._scratch[key] = np.empty_like(like)
+        return buf
+
     def _release(self) -> None:
-        """Called by the last rank to arrive: publish the payloads, wake the others."""
+        """Called by the rank completing the rendezvous: publish the payloads, wake the others."""
         mismatch = None
-        if any(k != self._keys[0] for k in self._keys):
+        if not self._agree:
             mismatch = "; ".join(f"rank {r}: {k}" for r, k in enumerate(self._keys))
             self._broken = f"ranks called different collectives ({mismatch})"
-        self._released = (list(self._slots), mismatch)
+        self._released = (self._slots, mismatch)
         self._slots = [None] * self.size
         self._arrived = 0
+        self._summed = 0
+        self._total = None
+        self._agree = True
         self._generation += 1
-        self._cond.notify_all()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for r in range(self.size):
+            if self._asleep[r]:
+                self._asleep[r] = False
+                self._wakeup[r].release()
 
     def _wait_for_release(self, rank: int, what: str, generation: int, deadline: float) -> None:
+        wakeup = self._wakeup[rank]
         while self._generation == generation:
             if self._broken is not None:
                 self._raise_broken(rank, what)
@@ -111,7 +290,18 @@ class _World:
             if remaining <= 0:
                 self._break(self._timeout_reason(rank))
                 self._raise_broken(rank, what)
-            self._cond.wait(remaining)
+            self._asleep[rank] = True
+            self._mutex.release()
+            try:
+                woken = wakeup.acquire(timeout=remaining)
+            finally:
+                self._mutex.acquire()
+            if not woken:
+                if self._asleep[rank]:
+                    self._asleep[rank] = False  # timed out and nobody owes a release
+                else:
+                    # released between the timeout and retaking the mutex: re-arm the lock
+                    wakeup.acquire(blocking=False)
 
     def _raise_if_unusable(self, rank: int, what: str) -> None:
         if self._broken is None and self._finished:
@@ -122,6 +312,8 @@ class _World:
 
     def _timeout_reason(self, rank: int) -> str:
         missing = [r for r in range(self.size) if self._entered[r] < self._entered[rank]]
+        if not missing:
+            return f"timed out after {self.timeout:g} s: every rank arrived but the results were not written in time"
         return (
             f"timed out after {self.timeout:g} s waiting for rank(s) {missing} "
             "(not in any collective: still computing, stalled or gone)"
@@ -130,7 +322,8 @@ class _World:
     def _break(self, reason: str) -> None:
         if self._broken is None:
             self._broken = reason
-        self._cond.notify_all()
+        self._wake_all()
+        self._launcher.notify_all()
 
     def _raise_broken(self, rank: int, what: str) -> None:
         raise CommError(f"rank {rank}: {what} did not complete: {self._broken}")
@@ -138,25 +331,25 @@ class _World:
     # -- lifecycle ----------------------------------------------------------------
     def fail(self, rank: int, error: BaseException) -> None:
         """Record ``rank``'s error (the first one wins) and wake every waiting rank."""
-        with self._cond:
+        with self._mutex:
             if self._first_error is None:
                 self._first_error = (rank, error)
             self._break(f"rank {rank} failed with {error!r}")
 
     def finish(self, rank: int) -> None:
         """``rank``'s function has ended; ranks waiting for it can never be released."""
-        with self._cond:
+        with self._mutex:
             self._finished.add(rank)
             if self._arrived > 0:
                 self._break(f"rank {rank} returned while other ranks wait in a collective")
-            self._cond.notify_all()
+            self._launcher.notify_all()
 
     def wait_for_ranks(self, threads: Sequence[threading.Thread]) -> None:
         """Block until every rank finished, or after a failure until the others have
         been woken (at most ``timeout`` more seconds for ranks stuck outside collectives)."""
-        with self._cond:
+        with self._launcher:
             while len(self._finished) < self.size and self._first_error is None:
-                self._cond.wait(_POLL_SECONDS)
+                self._launcher.wait(_POLL_SECONDS)
         if self._first_error is not None:
             grace_end = time.monotonic() + self.timeout
             for thread in threads:
@@ -167,9 +360,13 @@ class _World:
         return self._first_error
 
 
-def _slice_of(n: int, size: int, rank: int) -> slice:
-    """Rank ``rank``'s share of ``n`` elements: contiguous, balanced, covering 0..n."""
-    return slice(n * rank // size, n * (rank + 1) // size)
+def _may_receive(out: np.ndarray, send: np.ndarray, total: np.ndarray) -> bool:
+    """Whether ``np.add(total, send, out=out)`` is safe: ``out`` is ``send`` itself (an
+    element-wise add may overwrite its input) or overlaps neither operand (ranks could
+    hand in views of one shared array)."""
+    if np.may_share_memory(out, total):
+        return False
+    return out is send or not np.may_share_memory(out, send)
 
 
 class ThreadComm(Communicator):
@@ -203,26 +400,12 @@ class ThreadComm(Communicator):
         return time.monotonic() + self._world.timeout
 
     def _allreduce(self, send: np.ndarray, out: np.ndarray, what: str) -> None:
-        deadline = self._deadline()
         key = ("allreduce", send.shape, send.dtype.str)
-        buffers = self._world.rendezvous(self._rank, what, key, (send, out), deadline)
-        mine = _slice_of(send.size, self.size, self._rank)
-        if mine.stop > mine.start:
-            # fixed rank order: ((x0 + x1) + x2) + ...; copied first because x_r may be out_r
-            total = buffers[0][0].reshape(-1)[mine].copy()
-            for rank_send, _ in buffers[1:]:
-                np.add(total, rank_send.reshape(-1)[mine], out=total)
-            for _, rank_out in buffers:
-                rank_out.reshape(-1)[mine] = total
-        self._world.rendezvous(self._rank, what, "allreduce written", None, deadline)
+        self._world.allreduce(self._rank, what, key, send, out, self._deadline())
 
     def _bcast(self, buf: np.ndarray, root: int, what: str) -> None:
-        deadline = self._deadline()
         key = ("bcast", buf.shape, buf.dtype.str, f"root={root}")
-        buffers = self._world.rendezvous(self._rank, what, key, buf, deadline)
-        if self._rank != root:
-            np.copyto(buf, buffers[root])
-        self._world.rendezvous(self._rank, what, "bcast copied", None, deadline)
+        self._world.bcast(self._rank, what, key, buf, root, self._deadline())
 
     def _barrier(self, what: str) -> None:
         self._world.rendezvous(self._rank, what, ("barrier",), None, self._deadline())
