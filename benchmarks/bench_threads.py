@@ -173,10 +173,7 @@ def bench_epoch(impls: dict, args) -> dict:
         from hessfree.models import MLP
         from hessfree.train.config import TrainConfig
 
-        try:
-            from hessfree.train.fit import make_trainer
-        except ImportError:  # before hessfree.train.fit existed
-            from hessfree.train.session import make_trainer
+        from hessfree.train.fit import make_trainer
     except ImportError as error:  # the trainer is not importable in this tree
         return dict(skipped=f"cannot import the trainer: {error}")
     rng = np.random.default_rng(1)
