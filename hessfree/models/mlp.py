@@ -30,6 +30,7 @@ from hessfree.errors import ConfigError, InputError
 from hessfree.models import kernels as K
 from hessfree.models.base import Model
 from hessfree.models.curvature import ForwardCache
+from hessfree.validate import boolean, integer
 from hessfree.models.workspace import Accumulator, quiet_float_errors, rows_view
 
 
@@ -103,11 +104,14 @@ def _count(n: int, noun: str) -> str:
 
 
 def _layers(value) -> tuple[int, ...]:
+    """Widths d0, ..., dL: integers ≥ 1 (numpy integers accepted, booleans refused)."""
     try:
-        layers = tuple(int(d) for d in value)
-    except (TypeError, ValueError):
+        layers = tuple(integer("layers", d, 1) for d in value)
+    except TypeError:
         raise ModelConfigError(f"layers: expected a sequence of positive integers, found {value!r}") from None
-    if len(layers) < 2 or any(d < 1 for d in layers) or any(d != v for d, v in zip(layers, value)):
+    except ConfigError:
+        raise ModelConfigError(f"layers: expected positive integers [d0, ..., dL], found {list(value)!r}") from None
+    if len(layers) < 2:
         raise ModelConfigError(f"layers: expected at least two positive integers [d0, ..., dL], found {list(value)}")
     return layers
 
@@ -122,9 +126,34 @@ def _dtype(value) -> np.dtype:
     return dtype
 
 
+def _check_size(layers: tuple[int, ...], n_params: int, itemsize: int) -> None:
+    """An absurd width is refused before anything is allocated: θ alone (n_params ×
+    itemsize, Python ints) larger than this machine's memory, naming the largest layer."""
+    from hessfree.limits import exceeds_memory, memory_text, size_text
+
+    if not exceeds_memory(n_params * itemsize):
+        return
+    sizes = [(d_in + 1) * d_out for d_in, d_out in zip(layers[:-1], layers[1:])]
+    worst = max(range(len(sizes)), key=sizes.__getitem__)
+    raise ModelConfigError(
+        f"layers: {list(layers)} have {n_params:,} parameters ({size_text(n_params * itemsize)} for θ alone), more "
+        f"than fits in memory ({memory_text()}); layer {worst + 1} ({layers[worst]}→{layers[worst + 1]} units) "
+        f"holds {sizes[worst]:,} of them"
+    )
+
+
 def _positive_int(instance, attribute, value) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ModelConfigError(f"{attribute.name}: expected a positive integer, found {value!r}")
+    try:
+        integer(attribute.name, value, 1)
+    except ConfigError as exc:
+        raise ModelConfigError(str(exc)) from None
+
+
+def _flag(value) -> bool:
+    try:
+        return boolean("parallel", value)
+    except ConfigError as exc:
+        raise ModelConfigError(str(exc)) from None
 
 
 @attrs.frozen(eq=False)
@@ -174,7 +203,7 @@ class MLP(Model):
     loss_kind: Loss = attrs.field(default=Loss.SOFTMAX_CROSS_ENTROPY, converter=_enum(Loss), alias="loss")
     dtype: np.dtype = attrs.field(default=np.float64, converter=_dtype)
     chunk_size: int = attrs.field(default=8192, validator=_positive_int)
-    parallel: bool = attrs.field(default=False, converter=bool)
+    parallel: bool = attrs.field(default=False, converter=_flag)
     _offsets: tuple[tuple[int, int, int], ...] = attrs.field(init=False, repr=False, eq=False)
     _codes: tuple[int, ...] = attrs.field(init=False, repr=False, eq=False)
     #: a kernel set forced for warm-up only (None: chosen by ``parallel``)
@@ -185,6 +214,7 @@ class MLP(Model):
         for d_in, d_out in zip(self.layers[:-1], self.layers[1:]):
             offsets.append((start, start + d_in * d_out, start + d_in * d_out + d_out))
             start += d_in * d_out + d_out
+        _check_size(self.layers, start, np.dtype(self.dtype).itemsize)
         object.__setattr__(self, "_offsets", tuple(offsets))
         hidden = len(self.layers) - 2
         if isinstance(self.activation, tuple):
