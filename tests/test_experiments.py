@@ -88,18 +88,19 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(tmp_pat
 
 @pytest.mark.parametrize("method", ["gn-cg", "msgd"])
 def test_replayed_time_equals_a_simulated_runs_clock(tmp_path, method):
-    """Compute made free on both sides (compute_scale → 0, an infinitely fast node): what is
-    left is the charged collectives, which the replay must reproduce from the counts."""
+    """Compute made (nearly) free on both sides (compute_scale 1e-6, an infinitely fast node)
+    on a slow network: what is left is the charged collectives, which the replay must
+    reproduce from the counts (the scaled compute stays below 1e-4 of them)."""
     metrics = tmp_path / "sim.jsonl"
     values = dict(method=method, hidden="12", iterations=3, epochs=2, batch_size=300 if method == "gn-cg" else 50,
-                  comm="threads", ranks=4, simulate="omni-path", sim_compute_scale=1e-12, metrics=str(metrics), quiet=True)
+                  comm="threads", ranks=4, simulate="ethernet-10g", sim_compute_scale=1e-6, metrics=str(metrics), quiet=True)
     run(make_run_config(values))
     header, records, _ = read_run(metrics)
-    cluster = Cluster(4, "omni-path", node=NodeSpec(flops=1e30, itemsize=8))
+    cluster = Cluster(4, "ethernet-10g", node=NodeSpec(flops=1e30, itemsize=8))
     model = cost_model(cluster, header["model"]["layers"], header["data"]["n_train"], header["data"]["n_test"], 8)
     replayed = replay(records, Method(method), 300 if method == "gn-cg" else 50, model, 4)
     simulated = [r["sim_time_s"] for r in records]
-    assert replayed == pytest.approx(simulated, rel=1e-6)
+    assert replayed == pytest.approx(simulated, rel=1e-3)
 
 
 def test_analyse_reads_a_run_as_the_runner_does(tmp_path):

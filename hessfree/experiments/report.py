@@ -105,6 +105,23 @@ def final_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def steps_table(summary: dict) -> str | None:
+    """How often the HF steps used negative curvature (median [range] over seeds), or None
+    when no run recorded it."""
+    runs = [r for r in summary["runs"] if r["phase"] == "report" and r.get("steps")]
+    if not runs:
+        return None
+    lines = ["**Steps** (per run, median [range] over seeds: iterations whose step was a negative-curvature or "
+             "curvilinear step; whose solve met negative curvature of the undamped curvature; flipped iterates taken)", "",
+             "| method | iterations | negative-curvature steps | solves meeting negative curvature | flipped iterates |",
+             "|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        steps = [r["steps"] for r in runs if r["method"] == method]
+        lines.append(f"| {method} | {cell([s['iterations'] for s in steps])} | {cell([s['negative_curvature'] for s in steps])} | "
+                     f"{cell([s['indefinite'] for s in steps])} | {cell([s['flipped'] for s in steps])} |")
+    return "\n".join(lines)
+
+
 def tuning_table(summary: dict) -> str:
     lines = ["**Tuning** (rule fixed in advance; criterion per grid point: median over the tuning seeds)", "",
              "| method | grid | chosen | criterion of the chosen point |", "|---|---|---|---|"]
@@ -124,11 +141,19 @@ def tuning_table(summary: dict) -> str:
 def markdown(summary: dict) -> str:
     exp = summary["experiment"]
     parts = [f"## {exp['name']}: {exp['description']}", "", exp.get("notes", ""), ""]
+    if summary.get("complete") is False:
+        missing = [m.get("label") or m["method"] for m in exp["methods"]]
+        done = summary.get("methods_done", [])
+        parts += [f"*Partial: {len(done)} of {len(missing)} methods finished so far ({', '.join(done)}); "
+                  "run the same command to continue.*", ""]
     if exp.get("form") == "quick":
         parts += ["*Quick form (fewer samples, iterations and seeds: see the notes); not the committed results.*", ""]
     if "tuning" in summary:
         parts += [tuning_table(summary), ""]
         parts += [final_table(summary), ""]
+        steps = steps_table(summary)
+        if steps:
+            parts += [steps, ""]
         for table in target_tables(summary):
             parts += [table, ""]
     if "scaling" in summary:

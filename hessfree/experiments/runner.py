@@ -165,11 +165,14 @@ class Runner:
         if exp.kind is not Kind.COMPARISON:
             raise DataError(f"{exp.name}: a {exp.kind.value} experiment is run by hessfree.experiments.scaling")
         tuning, results = {}, []
-        for plan in exp.methods:
+        summary = {}
+        for k, plan in enumerate(exp.methods, start=1):
             chosen, tuning[plan.name] = self.tune(plan)
             results += [self.execute(RunSpec(plan, chosen, seed, "report")) for seed in exp.seeds]
-        summary = dict(experiment=describe(exp), tuning=tuning, runs=results)
-        write_json(self.out / SUMMARY, summary)
+            # written after every method: an interrupted experiment can be reported as far as it got
+            summary = dict(experiment=describe(exp), tuning=tuning, runs=results,
+                           complete=k == len(exp.methods), methods_done=[p.name for p in exp.methods[:k]])
+            write_json(self.out / SUMMARY, summary)
         return summary
 
 
@@ -203,6 +206,24 @@ def analyse(experiment: Experiment, spec: RunSpec, header: dict, records: list[d
         final=dict(loss=last.get("loss", math.inf), train_error=last.get("train_error", math.inf),
                    test_error=last.get("test_error"), **{k: v[-1] if v else None for k, v in axes.items()}),
         targets=targets,
+        steps=step_counts(records) if method.is_hessian_free else None,
+    )
+
+
+def step_counts(records: list[dict]) -> dict:
+    """How the HF steps of a run were taken: iterations per step kind (``direction``),
+    the negative-curvature and curvilinear steps together (``negative_curvature``), the
+    iterations whose solve met negative curvature of the undamped curvature (a Rayleigh
+    quotient or Ritz value below 0: ``indefinite``) and the flipped iterates taken."""
+    kinds: dict[str, int] = {}
+    for r in records:
+        kinds[r.get("direction") or "?"] = kinds.get(r.get("direction") or "?", 0) + 1
+    below = lambda r, key: r.get(key) is not None and r[key] < 0  # noqa: E731
+    return dict(
+        iterations=len(records), kinds=kinds,
+        negative_curvature=kinds.get("negative_curvature", 0) + kinds.get("curvilinear", 0),
+        indefinite=sum(1 for r in records if below(r, "min_rayleigh") or below(r, "ritz_min")),
+        flipped=sum(1 for r in records if r.get("flipped")),
     )
 
 
