@@ -19,7 +19,27 @@ from hessfree.cli.model_cmd import evaluate_command, predict_command
 from hessfree.cli.plot_cmd import plot_command
 from hessfree.errors import ConfigError
 
+class _Group(click.Group):
+    """The ``hessfree`` group: under an MPI launcher, a usage error (a bad option, which
+    every rank meets alike) is printed by rank 0 only; the other ranks exit with the same
+    code silently."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        from hessfree.cli.errors import lead_process
+
+        if not standalone_mode or lead_process():
+            return super().main(*args, standalone_mode=standalone_mode, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.ClickException as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            sys.exit(1)
+        sys.exit(0)
+
+
 @click.group(
+    cls=_Group,
     context_settings=dict(help_option_names=["-h", "--help"]),
     epilog='Shell completion (bash): eval "$(_HESSFREE_COMPLETE=bash_source hessfree)" '
     "(zsh: zsh_source, fish: fish_source).",
@@ -135,7 +155,7 @@ def train(config_file, debug, **options) -> None:
     from hessfree.cli.run import run_training
     from hessfree.train.runconfig import load_toml, make_run_config
 
-    with reported(debug):
+    with reported(debug) as warnings:
         values = load_toml(config_file) if config_file else {}
         given = {str(k).replace("-", "_"): f"{k} (in {config_file})" for k in values}
         flags = {k: v for k, v in options.items() if v is not None and not (k == "verbose" and v == 0)}
@@ -143,6 +163,8 @@ def train(config_file, debug, **options) -> None:
         values.update(flags)
         check_applicable(make_run_config(values), given)
         code = run_training(values, echo=click.echo)
+        if code:
+            warnings.clear()  # the run's one error line says what happened
     sys.exit(code)
 
 

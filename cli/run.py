@@ -23,7 +23,7 @@ from typing import Callable
 import attrs
 
 from hessfree.cli.errors import ExitCode
-from hessfree.train.fit import Callback, FitResult, RunInfo, Status
+from hessfree.train.fit import Callback, FitResult, RunInfo, Status, job_of
 from hessfree.train.run import run
 from hessfree.train.runconfig import make_run_config
 
@@ -34,9 +34,11 @@ BACKEND_NAMES = {"SerialComm": "serial", "ThreadComm": "threads", "MPIComm": "mp
 
 # ---------------------------------------------------------------------------- cell formats
 def duration(seconds: float | None) -> str:
-    """``12.3s``, ``4m05s``, ``2h03m`` (``-`` when unknown)."""
+    """``12.3s``, ``4m05s``, ``2h03m``, ``1.2e+09s`` beyond 9999 hours (``-`` when unknown)."""
     if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds >= 9999 * 3600:
+        return f"{seconds:.1e}s"
     if seconds < 60:
         return f"{seconds:.1f}s"
     if seconds < 3600:
@@ -264,6 +266,15 @@ class Progress(Callback):
             self.echo(f"model saved to {result.saved_model} (try: hessfree evaluate --model {result.saved_model} ...)")
 
 
+def rank_message(rank: int, exc: BaseException) -> str:
+    """``rank R: message`` (once: messages of communicator errors already start so)."""
+    from hessfree.cli.errors import io_message
+
+    text = io_message(exc) if isinstance(exc, OSError) else str(exc)
+    text = " ".join(text.split()) or ("interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
+    return text if text.startswith(f"rank {rank}:") else f"rank {rank}: {text}"
+
+
 def run_training(values: dict, echo: Callable[..., None]) -> int:
     """Run ``hessfree train`` with the merged settings; returns the exit code."""
     config = make_run_config(values)
@@ -275,10 +286,19 @@ def run_training(values: dict, echo: Callable[..., None]) -> int:
     )
 
     def abort_job(comm, exc: BaseException) -> None:
-        if comm.size > 1:  # one line from the failing rank, then end every rank at once
-            code = getattr(exc, "exit_code", 1)
-            echo(f"error: rank {comm.rank}: {exc}", err=True)
-            comm.abort(code if isinstance(code, int) and code > 0 else 1)
+        if comm.size <= 1:
+            return
+        if job_of(exc) is not None:
+            # every rank knows (``agree``) and stops here: the reporting rank prints it,
+            # the others exit with its code; MPI ends cleanly, so no abort banner
+            finalize = getattr(comm, "finalize", None)
+            if finalize is not None:
+                finalize()
+            return
+        # an error on this rank alone: one line from it, then end every rank at once
+        code = getattr(exc, "exit_code", 1)
+        echo(f"error: {rank_message(comm.rank, exc)}", err=True)
+        comm.abort(code if isinstance(code, int) and code > 0 else 1)
 
     result = run(config, [progress], on_rank_error=abort_job)
     return ExitCode.DIVERGED if result.status is Status.DIVERGED else ExitCode.OK

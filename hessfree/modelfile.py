@@ -36,6 +36,7 @@ naming the file and the problem in one line. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -46,9 +47,10 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from hessfree.atomic import atomic_write
+from hessfree.atomic import NotRegularFile, TooLarge, atomic_write, read_regular
 from hessfree.data.dataset import Dataset, InputScaling
 from hessfree.errors import DataError, HessfreeError, InputError
+from hessfree.limits import memory_text, physical_memory
 
 MAGIC = b"\x89HFM\r\n\x1a\n"
 FORMAT = "hessfree-model"
@@ -277,7 +279,9 @@ def save_model(path: str | os.PathLike, model, theta, *, data: Dataset | None = 
             path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, blob)
     except OSError as exc:
-        raise ModelFileError(f"{path}: cannot write the model file ({exc.strerror or exc})") from None
+        # the file the error is about (the model file, or a parent that cannot be made)
+        where = exc.filename if exc.filename not in (None, str(path)) else path
+        raise ModelFileError(f"{where}: cannot write the model file ({exc.strerror or exc})") from None
     return path
 
 
@@ -350,12 +354,17 @@ def decode(blob: bytes, where: str = "model file") -> TrainedModel:
 def load_model(path: str | os.PathLike) -> TrainedModel:
     """Read and verify the model file at ``path`` (see the module docstring)."""
     path = Path(path)
+    limit = physical_memory() or (1 << 40)
     try:
-        blob = path.read_bytes()
+        blob = read_regular(path, limit)
     except FileNotFoundError:
         raise _fail(path, "model file not found") from None
-    except IsADirectoryError:
-        raise _fail(path, "is a directory, expected a model file") from None
+    except NotRegularFile as exc:
+        if exc.errno == errno.EISDIR:
+            raise _fail(path, "is a directory, expected a model file") from None
+        raise _fail(path, "not a regular file (a device, FIFO or socket), expected a model file") from None
+    except TooLarge:
+        raise _fail(path, f"larger than this machine's memory ({memory_text()}): not a model file this machine can load") from None
     except OSError as exc:
         raise _fail(path, f"cannot read ({exc.strerror or exc})") from None
     return decode(blob, str(path))

@@ -184,7 +184,8 @@ def test_a_checkpoint_directory_of_another_run_needs_resume_or_overwrite(tmp_pat
     assert "already holds checkpoints" in line and "--resume" in line and "--overwrite" in line
     replaced = invoke("train", *HF, "--iterations", "1", "--checkpoint-dir", ck, "--overwrite", "--quiet")
     assert replaced.exit_code == 0, replaced.output
-    assert sorted(p.name for p in ck.iterdir()) == ["state-00000001.json", "state-00000001.npz"]
+    names = sorted(p.name for p in ck.iterdir())
+    assert [n.split("-")[1] + n[n.rindex("."):] for n in names] == ["00000001.json", "00000001.npz"], names
     assert invoke("train", *HF, "--iterations", "2", "--checkpoint-dir", ck, "--resume", "--overwrite").exit_code == 2
 
 

@@ -39,7 +39,7 @@ def records(path: Path) -> list[dict]:
 
 
 def theta(directory: Path, iteration: int) -> np.ndarray:
-    with np.load(directory / f"state-{iteration:08d}.npz", allow_pickle=False) as archive:
+    with np.load(next(directory.glob(f"state-{iteration:08d}-*.npz")), allow_pickle=False) as archive:
         return archive["theta"]
 
 

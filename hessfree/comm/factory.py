@@ -19,6 +19,9 @@ T = TypeVar("T")
 #: Environment variables MPI launchers set in every rank they start: Open MPI, PMIx
 #: launchers (Open MPI 5, Slurm), Hydra/PMI (MPICH, Intel MPI, Slurm), MVAPICH.
 MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+#: this process's rank and the job's size, as the same launchers announce them
+MPI_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 class Backend(enum.Enum):
@@ -35,6 +38,46 @@ def launched_by_mpi(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this process looks like a rank started by an MPI launcher."""
     env = os.environ if environ is None else environ
     return any(env.get(name) for name in MPI_LAUNCH_VARIABLES)
+
+
+def _first_int(env: Mapping[str, str], names) -> int | None:
+    for name in names:
+        try:
+            return int(env[name])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def launcher_rank(environ: Mapping[str, str] | None = None) -> int | None:
+    """This process's rank as an MPI launcher announced it (None when not launched so).
+    Known before MPI is initialised: errors every rank meets before any communication
+    are printed by rank 0 only."""
+    env = os.environ if environ is None else environ
+    return _first_int(env, MPI_RANK_VARIABLES) if launched_by_mpi(env) else None
+
+
+def launcher_size(environ: Mapping[str, str] | None = None) -> int | None:
+    """The number of ranks an MPI launcher started (None when unknown or not launched)."""
+    env = os.environ if environ is None else environ
+    return _first_int(env, MPI_SIZE_VARIABLES) if launched_by_mpi(env) else None
+
+
+def check_launcher(backend: Backend | str, environ: Mapping[str, str] | None = None) -> None:
+    """ConfigError when ``backend`` contradicts how this process was launched: ``serial``
+    or ``threads`` in one of several processes that an MPI launcher started would run the
+    whole training once per process, all writing the same files."""
+    chosen = Backend(backend)
+    if chosen not in (Backend.SERIAL, Backend.THREADS):
+        return
+    rank, size = launcher_rank(environ), launcher_size(environ)
+    if (size is not None and size > 1) or (rank is not None and rank > 0):
+        of = f" of {size}" if size is not None else ""
+        raise ConfigError(
+            f"comm: {chosen.value} contradicts the launcher: this process is rank {rank}{of} started by mpirun, "
+            f"and each would run the whole training on its own, writing the same files; under mpirun use "
+            f"--comm mpi (or auto), or run --comm {chosen.value} without mpirun"
+        )
 
 
 def resolve_backend(backend: Backend | str, environ: Mapping[str, str] | None = None, ranks: int = 1) -> Backend:

@@ -91,6 +91,17 @@ class MPIComm(Communicator):
             self._comm.Free()
         self._broken = self._broken or "closed"
 
+    def finalize(self) -> None:
+        """End MPI in this process (``MPI_Finalize``, collective: every rank must call it).
+
+        For a job whose ranks all agreed to stop (an error every rank met, reported once):
+        a process that exits with a non-zero status after this is not aborted by mpi4py,
+        so Open MPI prints no ``MPI_ABORT`` banner and the exit status is the code."""
+        if self._mpi.Is_finalized():
+            return
+        self.close()
+        self._mpi.Finalize()
+
     # -- completion with a deadline --------------------------------------------------
     def _complete(self, request: Any, buffers: tuple[np.ndarray, ...], what: str, deadline: float) -> None:
         pause = _FIRST_PAUSE

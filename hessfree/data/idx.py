@@ -26,6 +26,7 @@ import numpy as np
 
 from hessfree.data.sharding import restrict
 from hessfree.errors import DataError
+from hessfree.limits import exceeds_memory, memory_text, size_text
 
 #: IDX type code -> (name, big-endian numpy dtype)
 IDX_TYPES: dict[int, tuple[str, str]] = {
@@ -262,6 +263,7 @@ def read_idx_rows(
         header = _parse_header(path, stream, compressed, file_bytes, type_code, ndim)
         for rows in selections:
             _check_selection(path.name, rows, header.n_rows)
+        _check_memory(header, selections)
         parts = _gather(stream, header, selections, inspect)
         if compressed and stream.read(1):
             raise DataError(
@@ -274,6 +276,16 @@ def read_idx_rows(
         joined = np.concatenate(chunks) if chunks else np.empty((0, header.row_items), dtype=header.dtype)
         out.append(joined.astype(native, copy=False).reshape((len(rows), *header.row_shape)))
     return header, out
+
+
+def _check_memory(header: IdxHeader, selections: Sequence[range]) -> None:
+    """Refuse, before reading, selected rows that cannot fit in this machine's memory."""
+    need = sum(len(rows) for rows in selections) * header.row_bytes
+    if exceeds_memory(need):
+        raise DataError(
+            f"{header.path.name}: size: the {sum(len(r) for r in selections):,} rows asked for need "
+            f"{size_text(need)} ({memory_text()})"
+        )
 
 
 def _gather(stream: _Stream, header: IdxHeader, selections: Sequence[range],

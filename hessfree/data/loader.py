@@ -25,6 +25,7 @@ from hessfree.data.sharding import EvalSplit, ShardInfo, ShardMode, check_int
 from hessfree.data.source import ArraySource, DatasetInfo, Source
 from hessfree.data.synthetic import TeacherConfig, TeacherSource, timit_like_config
 from hessfree.errors import ConfigError, DataError
+from hessfree.limits import exceeds_memory, memory_text, size_text
 from hessfree.validate import integer, real
 
 
@@ -301,6 +302,7 @@ def load_dataset(
         evaluation = EvalSplit.TEST if info.n_test else EvalSplit.NONE
         n_eval = info.n_test
     layout = ShardInfo.for_rank(n_fit, n_eval, rank, size, shard, evaluation, what=info.name)
+    _check_shard_memory(DatasetName.parse(name), info, layout, dtype, samples)
     if n_val:
         # one pass over the training files: this rank's training rows and validation rows
         held_out = layout.test_rows
@@ -324,6 +326,22 @@ def load_dataset(
         fingerprint=source_fingerprint(source),
         scaling=input_scaling(name),
     )
+
+
+def _check_shard_memory(name: DatasetName, info: DatasetInfo, layout: ShardInfo, dtype: np.dtype,
+                        samples: int | None) -> None:
+    """Refuse, before reading a row, a shard that cannot fit in this machine's memory
+    (features in ``dtype`` and int64 labels; Python ints, so no size overflows)."""
+    rows = len(layout.train_rows) + len(layout.test_rows)
+    need = rows * (info.n_features * np.dtype(dtype).itemsize + 8)
+    if not exceeds_memory(need):
+        return
+    what = (f"this rank's {rows:,} rows × {info.n_features:,} features need {size_text(need)} in "
+            f"{np.dtype(dtype).name} ({memory_text()})")
+    if name in GENERATORS:
+        raise ConfigError(f"samples: {samples:,} generated samples are too many: {what}; use fewer samples or more ranks"
+                          if samples is not None else f"{info.name}: size: {what}")
+    raise DataError(f"{info.name} ({info.origin}): size: {what}; use --samples, more ranks or float32")
 
 
 def check_fits(dataset: Dataset, n_inputs: int, n_classes: int) -> None:

@@ -35,9 +35,10 @@ import attrs
 import numpy as np
 
 from hessfree import checkpoint
+from hessfree.atomic import check_writable, remove_stale_temporaries
 from hessfree.comm import Communicator, SerialComm, warm_numba_cache
 from hessfree.data.dataset import Dataset
-from hessfree.errors import ConfigError, DivergedError
+from hessfree.errors import ConfigError, DivergedError, HessfreeError
 from hessfree.methods import Family
 from hessfree.models.base import Model
 from hessfree.train.config import TrainConfig
@@ -145,9 +146,9 @@ class Checkpointing:
     directory: str | Path = attrs.field(converter=Path)
     every: int = int_field(1)
     keep: int = int_field(2)
-    #: a new (not resumed) run into a directory that already holds checkpoints removes
-    #: them first; without it such a run is refused (ConfigError), so that no run mixes
-    #: its checkpoints with another's
+    #: a new (not resumed) run into a directory that already holds checkpoints of its own
+    #: configuration removes them first; without it such a run is refused (ConfigError).
+    #: Other configurations' checkpoints are never touched (file names carry the scope)
     overwrite: bool = attrs.field(default=False, converter=bool)
 
 
@@ -211,7 +212,10 @@ def fit(
     differing settings named, if it belongs to another configuration: ``identity``, by
     default the model, data content, method settings; not the rank count or backend, so a
     checkpoint continues on any). A new run into a directory that already holds
-    checkpoints is refused unless ``checkpoints.overwrite``. ``theta`` starts from given
+    checkpoints of its configuration is refused unless ``checkpoints.overwrite`` (runs of
+    other configurations may share the directory: their checkpoints are never touched).
+    Output paths are checked, stale temporaries of this run removed and the checkpoint
+    loaded before any work; an error there is agreed on by every rank (:func:`agree`). ``theta`` starts from given
     parameters instead of the seeded initialisation. ``save_model`` writes the trained
     network (with the data's input scaling, the run's summary and ``model_notes``) to a
     model file on rank 0 unless the run diverged (see :mod:`hessfree.modelfile`). Raises
@@ -222,9 +226,30 @@ def fit(
     comm = _simulated(raw, simulate)
     lead = comm.rank == 0
     hooks = list(callbacks) if lead else []
-    if checkpoints is not None and not resume:
-        _claim_directory(checkpoints, lead)  # before any rank writes (the warm-up's barrier follows)
-    trainer = make_trainer(model, data, config, comm)
+    identity = identity if identity is not None else identity_of(model, data, config)
+    config_hash = identity_hash(identity)
+    # set-up: everything that can fail before any work, on every rank alike, then one
+    # agreement so that an error every rank meets is reported once (see ``agree``)
+    failure = None
+    try:
+        _check_outputs(checkpoints, save_model, lead)
+        if checkpoints is not None and lead:
+            checkpoint.clean_temporaries(checkpoints.directory, config_hash)
+        if checkpoints is not None and not resume:
+            _claim_directory(checkpoints, lead, config_hash)
+        trainer = make_trainer(model, data, config, comm)
+        state, resumed, warnings, note, loaded = trainer.initial_state(theta), None, (), None, None
+        if resume:
+            if checkpoints is None:
+                raise checkpoint.CheckpointError("resume: needs a checkpoint directory")
+            loaded = checkpoint.load_latest(checkpoints.directory, identity, config_hash,
+                                            decode=_decoder(trainer, state))
+            state = loaded.state
+            resumed, warnings = f"iteration {state.iteration} in {checkpoints.directory}", loaded.warnings
+            note = resume_note(loaded.scalars.get("written_by"), _writer(raw))
+    except Exception as exc:  # noqa: BLE001 - every rank must learn of it (re-raised by agree)
+        failure = exc
+    agree(raw, failure)
     if warm_up:
         for hook in hooks:
             hook.on_warmup_start()
@@ -233,17 +258,8 @@ def fit(
         for hook in hooks:
             hook.on_warmup_end(time.perf_counter() - started)
     clock_zero = getattr(comm, "clock", None)  # the simulated clock starts after the warm-up
-    identity = identity if identity is not None else identity_of(model, data, config)
-    state, resumed, warnings, note = trainer.initial_state(theta), None, (), None
-    if resume:
-        if checkpoints is None:
-            raise checkpoint.CheckpointError("resume: needs a checkpoint directory")
-        loaded = checkpoint.load_latest(checkpoints.directory, identity, identity_hash(identity))
-        state = trainer.state_from_payload(loaded.arrays, loaded.scalars)
-        resumed, warnings = f"iteration {state.iteration} in {checkpoints.directory}", loaded.warnings
-        note = resume_note(loaded.scalars.get("written_by"), _writer(raw))
-        if clock_zero is not None:
-            clock_zero -= loaded.scalars.get("sim_time_s") or 0.0
+    if clock_zero is not None and loaded is not None:
+        clock_zero -= loaded.scalars.get("sim_time_s") or 0.0
     total = config.run_length
     info = RunInfo(
         method=config.method.value, layers=tuple(model.layers), n_params=model.n_params, data=data.name,
@@ -295,21 +311,120 @@ def _plain(value):
     return value
 
 
-def _claim_directory(policy: Checkpointing, lead: bool) -> None:
-    """Refuse (every rank alike) a new run into a directory holding checkpoints, or, with
-    ``overwrite``, remove them (rank 0; the other ranks do not look)."""
-    found = sorted(policy.directory.glob("state-*.json")) if policy.directory.is_dir() else []
+def _claim_directory(policy: Checkpointing, lead: bool, config_hash: str) -> None:
+    """Refuse (every rank alike) a new run into a directory holding checkpoints of this
+    configuration, or, with ``overwrite``, remove them (rank 0; the other ranks do not
+    look). Checkpoints of other configurations are scoped by their names and never
+    touched: runs of several configurations can share a directory."""
+    found = checkpoint.own(policy.directory, config_hash)
     if not found:
         return
     if not policy.overwrite:
         raise ConfigError(
-            f"checkpoint_dir: {policy.directory} already holds checkpoints of a run (newest {found[-1].name}); "
-            f"continue it with resume (--resume) or replace them with overwrite (--overwrite)"
+            f"checkpoint_dir: {policy.directory} already holds checkpoints of this run's configuration (newest "
+            f"{found[0].manifest.name}); continue them with resume (--resume) or replace them with overwrite (--overwrite)"
         )
     if lead:
-        for manifest in found:
-            for path in (manifest, manifest.with_suffix(".npz")):
-                path.unlink(missing_ok=True)
+        checkpoint.remove(policy.directory, config_hash)
+
+
+def _check_outputs(checkpoints: Checkpointing | None, save_model, lead: bool) -> None:
+    """The files rank 0 will write, checked before any work (OSError naming the path)."""
+    if not lead:
+        return
+    if checkpoints is not None:
+        check_writable(checkpoints.directory, "checkpoints", directory=True)
+    if save_model is not None:
+        check_writable(save_model, "the model file")
+        path = Path(save_model)
+        if path.parent.is_dir():
+            remove_stale_temporaries(path.parent, path.name)
+
+
+def _decoder(trainer: Trainer, fresh: TrainState):
+    """``decode(arrays, scalars)`` for :func:`checkpoint.load_latest`: the payload must have
+    the names, dtypes, shapes and types of this run's fresh state, then becomes a state."""
+    template = trainer.state_payload(fresh)
+
+    def decode(arrays: dict, scalars: dict) -> TrainState:
+        checkpoint.check_payload(template, arrays, scalars)
+        sim = scalars.get("sim_time_s")
+        if sim is not None and (isinstance(sim, bool) or not isinstance(sim, (int, float)) or not np.isfinite(sim)):
+            raise checkpoint.CheckpointError(f"malformed manifest: scalars.sim_time_s is {sim!r}")
+        writer = scalars.get("written_by")
+        if writer is not None and not (isinstance(writer, dict) and isinstance(writer.get("ranks"), int)
+                                       and isinstance(writer.get("backend"), str)):
+            raise checkpoint.CheckpointError(f"malformed manifest: scalars.written_by is {writer!r}")
+        return trainer.state_from_payload(arrays, scalars)
+
+    return decode
+
+
+# ---------------------------------------------------------------------------- agreement
+#: the attribute :func:`agree` sets on the errors it raises: a :class:`JobError` saying
+#: which rank reports the error and with which exit code every rank ends
+JOB_ATTRIBUTE = "hessfree_job"
+
+
+@attrs.frozen
+class JobError:
+    """How a job ends after an agreed error: ``reporter`` (the lowest failing rank) prints
+    it, every rank exits with ``code``; ``rank`` is the rank holding this record."""
+
+    reporter: int
+    rank: int
+    code: int
+    ranks: int
+
+
+class FailedElsewhere(HessfreeError):
+    """This rank stops because another rank failed during the set-up; that rank reports
+    the error (one line for the job), every rank exits with its code."""
+
+    def __init__(self, job: JobError):
+        super().__init__(f"rank {job.reporter} failed during the set-up (reported there)")
+        self.exit_code = job.code
+        setattr(self, JOB_ATTRIBUTE, job)
+
+
+def job_of(exc: BaseException) -> JobError | None:
+    """The :class:`JobError` of an error raised by :func:`agree` (None for any other):
+    every rank knows of it, so the job needs no abort."""
+    return getattr(exc, JOB_ATTRIBUTE, None)
+
+
+def agree(comm: Communicator, failure: Exception | None) -> None:
+    """Every process rank learns whether any rank failed, in one small collective, and
+    then raises: every failing rank its own error, the others :class:`FailedElsewhere`;
+    each tagged with a :class:`JobError` (``job_of``) naming the reporting rank (the
+    lowest failing one) and the exit code (its error's). Errors that every rank meets
+    (configuration, data, checkpoints, output paths) are thus reported once, and every
+    rank exits with the right code without aborting the job. On one rank, and on thread
+    ranks (a failing thread wakes the others; ``run_threads`` re-raises its error), it
+    only re-raises ``failure``."""
+    if comm.size == 1 or _thread_ranks(comm):
+        if failure is not None:
+            raise failure
+        return
+    codes = np.zeros(comm.size, dtype=np.int64)
+    if failure is not None:
+        code = getattr(failure, "exit_code", 1)
+        codes[comm.rank] = code if isinstance(code, int) and not isinstance(code, bool) and code > 0 else 1
+    comm.allreduce(codes, out=codes)
+    failed = np.flatnonzero(codes)
+    if failed.size == 0:
+        return
+    job = JobError(reporter=int(failed[0]), rank=comm.rank, code=int(codes[failed[0]]), ranks=int(failed.size))
+    if failure is not None:
+        setattr(failure, JOB_ATTRIBUTE, job)
+        raise failure
+    raise FailedElsewhere(job)
+
+
+def _thread_ranks(comm: Communicator) -> bool:
+    from hessfree.comm.threads import ThreadComm
+
+    return isinstance(comm, ThreadComm)
 
 
 _BACKENDS = {"SerialComm": "serial", "ThreadComm": "threads", "MPIComm": "mpi"}
@@ -348,7 +463,8 @@ def _save(trainer: Trainer, state, record, policy: Checkpointing, identity: dict
         arrays, scalars = trainer.state_payload(state)
         scalars["sim_time_s"] = record.sim_time_s
         scalars["written_by"] = _writer(comm)  # not part of the identity: any rank count resumes
-        checkpoint.save(policy.directory, state.iteration, arrays, scalars, identity, identity_hash(identity), keep=policy.keep)
+        checkpoint.save(policy.directory, state.iteration, arrays, scalars, identity, identity_hash(identity),
+                        keep=policy.keep)
     comm.barrier()
 
 

@@ -1,12 +1,14 @@
 """The metrics file: JSON lines with a config header, one line per record, a result line.
 
 :class:`MetricsFile` is a :class:`~hessfree.train.fit.Callback`, so it writes on rank 0
-only; the header records the resolved settings and the software environment.
+only; the header records the resolved settings and the software environment. Every
+line is flushed as it is written; an ``OSError`` on the way (a full disk) names the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hessfree.atomic import named
 from hessfree.train.fit import Callback, FitResult, RunInfo
 
 
@@ -45,8 +48,11 @@ class MetricsFile(Callback):
         self._file = None
 
     def on_start(self, info: RunInfo) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a" if self.append else "w", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a" if self.append else "w", encoding="utf-8")
+        except OSError as exc:
+            raise named(exc, self.path) from None
         self._write(
             dict(
                 kind="config",
@@ -63,11 +69,35 @@ class MetricsFile(Callback):
 
     def on_end(self, result: FitResult) -> None:
         self._write(dict(kind="result", **result.summary()))
-        self._file.close()
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError as exc:
+            raise named(exc, self.path) from None
 
     def _write(self, obj: dict) -> None:
-        self._file.write(json.dumps(obj, allow_nan=False, default=_json_default) + "\n")
-        self._file.flush()
+        line = json.dumps(_strict(obj), allow_nan=False, default=_json_default) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as exc:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                pass
+            raise named(exc, self.path) from None
+
+
+def _strict(value):
+    """Strict JSON: a non-finite number (a diverged run's loss) is written as null."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value):

@@ -18,6 +18,7 @@ import tomllib
 
 import attrs
 
+from hessfree.atomic import NotRegularFile, TooLarge, read_regular
 from hessfree.comm import Backend
 from hessfree.cost.network import Collective
 from hessfree.cost.presets import INTERCONNECTS
@@ -26,6 +27,10 @@ from hessfree.errors import ConfigError
 from hessfree.models.mlp import Loss
 from hessfree.train.config import TrainConfig
 from hessfree.validate import bool_field, config, enum_field, int_field, real_field, text, text_field
+
+#: thread ranks share one process: beyond this many, a run is a mistake, not a cluster
+MAX_THREAD_RANKS = 256
+
 
 class DType(enum.Enum):
     FLOAT32 = "float32"
@@ -74,7 +79,7 @@ class RunConfig:
     autoencoder: bool = bool_field(False)
     samples: int | None = int_field(None, optional=True)
     comm: Backend = enum_field(Backend, Backend.AUTO)
-    ranks: int = int_field(1)
+    ranks: int = int_field(1, maximum=MAX_THREAD_RANKS)  # thread ranks of this process
     comm_timeout: float = real_field(300.0, low=0, high=1e6, low_open=True)
     train: TrainConfig = attrs.field(factory=TrainConfig, validator=attrs.validators.instance_of(TrainConfig))
     metrics: str | None = text_field(None)
@@ -86,10 +91,11 @@ class RunConfig:
     quiet: bool = bool_field(False)
     verbose: int = int_field(0, minimum=0)  # wider progress lines (more columns)
     simulate: str | None = text_field(None)  # interconnect preset
-    sim_latency: float | None = real_field(None, optional=True, low=0)
-    sim_bandwidth: float | None = real_field(None, optional=True, low=0, low_open=True)
+    # bounded so that simulated times stay finite numbers over any run length
+    sim_latency: float | None = real_field(None, optional=True, low=0, high=1e3)  # seconds
+    sim_bandwidth: float | None = real_field(None, optional=True, low=1, high=1e18)  # bytes/s
     sim_collective: Collective = enum_field(Collective, Collective.RING)
-    sim_compute_scale: float = real_field(1.0, low=0, low_open=True)
+    sim_compute_scale: float = real_field(1.0, low=1e-6, high=1e6)
 
     def __attrs_post_init__(self) -> None:
         if self.resume and not self.checkpoint_dir:
@@ -186,6 +192,8 @@ def make_run_config(values: dict) -> RunConfig:
         raise ConfigError(str(exc)) from None
 
 
+#: a config file is a few hundred bytes; larger ones are refused before they are read
+MAX_CONFIG_BYTES = 1 << 20
 #: the one table a config file may have besides top-level keys
 TOML_TABLES = ("train",)
 
@@ -193,8 +201,12 @@ TOML_TABLES = ("train",)
 def load_toml(path: str | os.PathLike) -> dict:
     """The flat key → value mapping of a TOML config file (ConfigError naming what is wrong)."""
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        raw = read_regular(path, MAX_CONFIG_BYTES)
+        data = tomllib.loads(raw.decode("utf-8"))
+    except NotRegularFile:
+        raise ConfigError(f"--config {path}: not a regular file (a device, FIFO or directory)") from None
+    except TooLarge:
+        raise ConfigError(f"--config {path}: larger than {MAX_CONFIG_BYTES} bytes: not a config file") from None
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
@@ -209,4 +221,21 @@ def load_toml(path: str | os.PathLike) -> dict:
             flat.update(value)
         else:
             flat[key] = value
+    check_values(flat)
     return flat
+
+
+def check_values(values: dict, where: str = "") -> None:
+    """Check each known key's value on its own (type and range), as the config classes
+    will: a config file's wrong value is refused even when a flag overrides it. Unknown
+    keys are left to :func:`make_run_config`."""
+    fields = {f.name: f for f in attrs.fields(RunConfig) if f.name != "train"}
+    fields.update({f.name: f for f in attrs.fields(TrainConfig)})
+    for raw_key, value in values.items():
+        field = fields.get(str(raw_key).replace("-", "_"))
+        if field is None or field.converter is None:
+            continue
+        try:
+            field.converter(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
