@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import click
@@ -146,17 +145,27 @@ def evaluate_command(model_path, dataset, data_dir, split, samples, seed, valida
 # ---------------------------------------------------------------------------- predict
 def read_inputs(path: str, key: str | None) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(X, y or None, the key of X) from an ``.npz`` (or ``.npy``) file, without pickle."""
+    from hessfree.data.npz import _load_archive
+
     p = Path(path)
     try:
         with open(p, "rb") as fh:
-            loaded = np.load(fh, allow_pickle=False)
-            if isinstance(loaded, np.ndarray):
-                return loaded, None, "array"
-            arrays = {name: loaded[name] for name in loaded.files}
+            single = fh.read(6) == b"\x93NUMPY"
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise DataError(f"{p.name}: expected a pickle-free .npz archive with the inputs ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if single:  # a plain .npy array: small header, memory-mapped, so no allocation before the check
+        try:
+            X = np.load(p, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{p.name}: expected a pickle-free .npy array ({exc})") from None
+        from hessfree.limits import exceeds_memory, memory_text, size_text
+
+        if exceeds_memory(X.nbytes):
+            raise DataError(f"{p.name}: shape {X.shape} needs {size_text(X.nbytes)}, more than fits in memory ({memory_text()})")
+        return np.array(X), None, "array"
+    arrays = _load_archive(p, allowed=None)  # sizes checked against memory before loading
     if key is None:
         key = "X" if "X" in arrays else (next(iter(arrays)) if len(arrays) == 1 else None)
         if key is None:

@@ -88,7 +88,9 @@ def inspect_members(zf: zipfile.ZipFile, where: str, archive_bytes: int) -> dict
     return out
 
 
-def _load_archive(path: Path) -> dict[str, np.ndarray]:
+def _load_archive(path: Path, allowed: tuple[str, ...] | None = KNOWN_KEYS) -> dict[str, np.ndarray]:
+    """The arrays of a pickle-free ``.npz`` whose sizes were checked against memory before
+    loading; ``allowed`` keys only (None: any key)."""
     try:
         # our own handle: np.load leaks the one it opens when the zip directory is corrupt;
         # a device or FIFO is refused without reading (or blocking on) it
@@ -109,7 +111,7 @@ def _load_archive(path: Path) -> dict[str, np.ndarray]:
             fh.seek(0)
             with zipfile.ZipFile(fh) as zf:
                 members = inspect_members(zf, path.name, archive_bytes)
-            unknown = sorted(set(members) - set(KNOWN_KEYS))
+            unknown = sorted(set(members) - set(KNOWN_KEYS)) if allowed is not None else []
             if unknown:
                 raise DataError(f"{path.name}: keys: expected some of {list(KNOWN_KEYS)}, found extra {unknown}")
             total = sum(m.nbytes for m in members.values())
@@ -122,7 +124,7 @@ def _load_archive(path: Path) -> dict[str, np.ndarray]:
             fh.seek(0)
             archive = np.load(fh, allow_pickle=False)
             keys = set(archive.files)
-            return {k: archive[k] for k in KNOWN_KEYS if k in keys}
+            return {k: archive[k] for k in (allowed if allowed is not None else archive.files) if k in keys}
     except DataError:
         raise
     except FileNotFoundError:
