@@ -18,7 +18,7 @@ import enum
 
 import attrs
 
-from hessfree.solvers import BiCGStab, CG, Curvature, KrylovSolver
+from hessfree.solvers import MINRES, BiCGStab, CG, Curvature, KrylovSolver
 
 
 class Family(enum.Enum):
@@ -34,6 +34,46 @@ class CurvaturePolicy(enum.Enum):
     #: that met negative curvature on it, which uses the Gauss-Newton matrix (PSD, so that
     #: solve is guaranteed a Newton-type descent step); then the exact Hessian again
     GAUSS_NEWTON_AFTER_NEGATIVE = "gauss-newton-after-negative"
+
+
+class NegativeCurvatureRule(enum.Enum):
+    """What an HF step does with a direction d of negative curvature dᵀHd < 0 that the
+    solve met (``hessfree.train.negative``)."""
+
+    #: the solver's descent candidates as they are: CG-backtracking over the iterates
+    #: (Bi-CG-STAB: turned downhill), its negative-curvature directions only when no
+    #: iterate is a descent direction, Armijo from α = 1 (the paper as first built)
+    OFF = "off"
+    #: d turned downhill, its length from its curvature (the minimiser of the cubic model
+    #: t·gᵀu + ½t²·uᵀHu + t³/(6κ), Curtis & Robinson; κ adapted by the line search), taken
+    #: instead of the Newton-type candidate when the quadratic model predicts a larger
+    #: decrease for it (Gould, Lucidi, Roma & Toint), with a forward/backward-tracking
+    #: search on f(θ+αd) ≤ f + c·(α·gᵀd + ½α²·dᵀHd) (Liu & Roosta)
+    SCALED = "scaled"
+    #: as ``scaled``, but when d is preferred, the curvilinear path θ + α²s + αd of the
+    #: Newton-type step s and the scaled d, backtracking on f ≤ f + c·α²·(gᵀs + ½dᵀHd)
+    #: (Moré & Sorensen; Olivares, Moguerza & Prieto, the paper's reference)
+    CURVILINEAR = "curvilinear"
+
+
+class DampingRule(enum.Enum):
+    """How the damping λ of the Krylov system B = H + λI is set."""
+
+    #: Levenberg–Marquardt from the reduction ratio ρ (Martens)
+    LM = "lm"
+    #: Levenberg–Marquardt, but never below 1.5× the most negative curvature (Rayleigh
+    #: quotient or Ritz value) of the previous solve: B stays positive definite where the
+    #: previous solve saw H, and negative curvature is left to the negative-curvature
+    #: step; λ is not raised by the ρ of a negative-curvature step
+    INDEFINITE = "indefinite"
+
+
+class WarmStart(enum.Enum):
+    """Where the Krylov solve starts from (times ``warm_start`` η)."""
+
+    ITERATE = "iterate"  # the previous solve's last iterate, raw (Martens)
+    DIRECTION = "direction"  # the previous chosen direction δ_{k−1} (the paper's Algorithm 2)
+    ZERO = "zero"  # always 0
 
 
 class Update(enum.Enum):
@@ -64,6 +104,8 @@ class MethodSpec:
     #: indefinite Hessian (measured on MNIST: it stopped after ~15 steps and stalled)
     progress_test: bool = True
     products_per_krylov_step: int = 1
+    #: what the step does with negative curvature unless the config says otherwise
+    negative_curvature: NegativeCurvatureRule = NegativeCurvatureRule.OFF
     # first-order methods
     update: Update | None = None
 
@@ -102,6 +144,12 @@ class Method(enum.Enum):
         Curvature.EXACT,
         CG,
         policy=CurvaturePolicy.GAUSS_NEWTON_AFTER_NEGATIVE,
+    )
+    NEWTON_MR = "newton-mr", _hf(
+        "exact Hessian + MINRES; its non-positive-curvature certificate as a scaled step (Liu & Roosta's Newton-MR)",
+        Curvature.EXACT,
+        MINRES,
+        negative_curvature=NegativeCurvatureRule.SCALED,
     )
     SGD = "sgd", _first_order("data-parallel mini-batch SGD", Update.SGD)
     MSGD = "msgd", _first_order("data-parallel momentum SGD", Update.MOMENTUM)

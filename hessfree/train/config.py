@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from hessfree.errors import ConfigError
-from hessfree.methods import Method
+from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, WarmStart
 from hessfree.validate import bool_field, config, enum_field, int_field, real_field
 
-__all__ = ["Method", "TrainConfig"]
+__all__ = ["DampingRule", "Method", "NegativeCurvatureRule", "TrainConfig", "WarmStart"]
 
 
 @config
@@ -21,9 +21,16 @@ class TrainConfig:
     and ε default to Kingma & Ba's (2015). ``weight_decay`` μ is L2 in the objective
     (μθ in the gradient) for every method except ``adamw``, where it is decoupled:
     θ ← θ·(1 − η·μ) before each Adam step (PyTorch's AdamW).
+
+    The paper's open choices and the negative-curvature options (README, "Negative
+    curvature"): ``negative_curvature`` (off, scaled, curvilinear; default: the method's,
+    ``off`` except for newton-mr), ``damping_rule`` (lm, or indefinite: λ kept above the
+    most negative curvature of the previous solve), ``warm_start_source`` (the raw last
+    iterate as Martens, the chosen direction as the paper's Algorithm 2, or zero) and
+    ``init_scale`` s (θ₀ = s × the model's initial parameters, for saddle studies).
     """
 
-    method: Method = enum_field(Method, Method.BICGSTAB)
+    method: Method = enum_field(Method, Method.GN_CG)  # the best HF method in the fig1 experiment
     iterations: int = int_field(30)  # HF outer iterations
     epochs: int = int_field(10)  # first-order epochs
     batch_size: int | None = int_field(None, optional=True)  # see global_batch
@@ -38,6 +45,9 @@ class TrainConfig:
     rho_low: float = real_field(0.25)
     rho_high: float = real_field(0.75)
     warm_start: float = real_field(0.95, low=0, high=1, high_open=True)
+    warm_start_source: WarmStart = enum_field(WarmStart, WarmStart.ITERATE)
+    negative_curvature: NegativeCurvatureRule | None = enum_field(NegativeCurvatureRule, None, optional=True)
+    damping_rule: DampingRule = enum_field(DampingRule, DampingRule.LM)
     backtracking: bool = bool_field(True)
     armijo_c: float = real_field(1e-2, low=0, high=1, low_open=True, high_open=True)
     armijo_shrink: float = real_field(0.8, low=0, high=1, low_open=True, high_open=True)
@@ -50,6 +60,7 @@ class TrainConfig:
     adam_eps: float = real_field(1e-8, low=0, low_open=True)  # Adam(W) ε, added to √v̂
     weight_decay: float = real_field(0.0, low=0)
     seed: int = int_field(0, minimum=0)
+    init_scale: float = real_field(1.0, low=0)  # θ₀ = init_scale × the model's initial parameters
 
     @property
     def global_batch(self) -> int:
@@ -60,6 +71,11 @@ class TrainConfig:
     def krylov_max_iter(self) -> int:
         """``cg_max_iter``, or the method's default Krylov cap."""
         return self.cg_max_iter if self.cg_max_iter is not None else self.method.spec.krylov_max_iter
+
+    @property
+    def nc_rule(self) -> NegativeCurvatureRule:
+        """``negative_curvature``, or the method's default (``off`` but for newton-mr)."""
+        return self.negative_curvature if self.negative_curvature is not None else self.method.spec.negative_curvature
 
     @property
     def run_length(self) -> int:

@@ -10,8 +10,19 @@ Every rank holds the full θ and a shard of the training data. Per outer iterati
    (μ the weight decay): **one** allreduce per product;
 4. direction: CG-backtracking over the stored iterates or Bi-CG-STAB's descent candidates
    (walk back while the full objective decreases), −g when the solver produced nothing;
-5. Armijo backtracking on the full objective, each trial **one** scalar allreduce;
-6. Levenberg–Marquardt update of λ from ρ.
+   with a negative-curvature rule (``negative_curvature`` = scaled or curvilinear, see
+   ``hessfree.train.negative``) a direction of negative curvature is scaled from its
+   curvature and chosen against the Newton-type candidate by the decrease each predicts,
+   or combined with it on the curvilinear path;
+5. Armijo backtracking on the full objective, each trial **one** scalar allreduce (a
+   negative-curvature step: forward/backward tracking on its own sufficient decrease);
+6. Levenberg–Marquardt update of λ from ρ (not after a negative-curvature step when a
+   negative-curvature rule is on; with ``damping_rule = "indefinite"`` the solve's λ is
+   kept above the most negative curvature of the previous solve).
+
+What the solve saw is measured for free (inner products of vectors every rank holds, no
+product, no collective): each vector's undamped curvature dᵀHd = dᵀBd − λ‖d‖² and
+Rayleigh quotient, and the extreme Ritz values of CG's and MINRES's Lanczos tridiagonal.
 
 Every branch is decided from reduced values, so all ranks take the same one. θ is never
 modified in place: a rejected or non-finite step leaves it exactly as it was.
@@ -28,26 +39,38 @@ import numpy as np
 
 from hessfree.comm import Phase
 from hessfree.errors import DivergedError
-from hessfree.methods import next_curvature
-from hessfree.solvers import CandidateKind, Curvature, KrylovSolver, SolveResult
+from hessfree.methods import DampingRule, NegativeCurvatureRule, WarmStart, next_curvature
+from hessfree.solvers import CG, CandidateKind, Curvature, KrylovSolver, SolveResult
+from hessfree.train import negative
 from hessfree.train.batches import curvature_window
 from hessfree.train.config import TrainConfig
 from hessfree.train.damping import quadratic_model, reduction_ratio, update_damping
-from hessfree.train.linesearch import LineSearchResult, armijo
+from hessfree.train.linesearch import LineSearchResult, armijo, sufficient_decrease
 from hessfree.train.records import IterationRecord
 from hessfree.train.trainer import Trainer, TrainState
 
 
 def make_solver(config: TrainConfig) -> KrylovSolver:
     """The Krylov solver of an HF method, as the method table declares it (no true-residual
-    recomputation: it would cost a product per solve)."""
+    recomputation: it would cost a product per solve). When a negative-curvature rule or
+    the indefinite damping rule may use them, CG also keeps its search direction of lowest
+    Rayleigh quotient (an inner product per step) and its first :data:`RITZ_VECTORS`
+    residuals for the Ritz vector of the smallest Ritz value (memory, no product)."""
     spec = config.method.spec
-    return spec.solver(
+    options = dict(
         max_iter=config.krylov_max_iter,
         rtol=config.cg_rtol,
         progress_tol=config.progress_tol if spec.progress_test else 0.0,
         true_residual=False,
     )
+    if spec.solver is CG and (config.nc_rule is not NegativeCurvatureRule.OFF or config.damping_rule is DampingRule.INDEFINITE):
+        options.update(keep_lowest=True, ritz_vectors=RITZ_VECTORS)
+    return spec.solver(**options)
+
+
+#: Lanczos vectors (CG residuals, kept by reference) for the Ritz vector of the smallest Ritz
+#: value, under a negative-curvature rule or the indefinite damping rule
+RITZ_VECTORS = 30
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +85,11 @@ class HFState(TrainState):
     #: curvature policy (Hybrid's) needs to choose the next solve's operator
     last_curvature: Curvature | None = attrs.field(default=None, metadata={"enum": Curvature})
     last_negative: bool = False
+    #: κ, the length scale of negative-curvature steps (``hessfree.train.negative``)
+    nc_scale: float = 1.0
+    #: the most negative undamped curvature the last solve met (NaN: none), for the
+    #: indefinite damping rule
+    curvature_floor: float = math.nan
 
 
 class CurvatureOperator:
@@ -88,28 +116,115 @@ class CurvatureOperator:
         return out
 
 
+#: CG's Ritz vector of its smallest Ritz value, as a Direction's kind
+RITZ_KIND = "ritz_vector"
+#: the candidate kinds that are negative-curvature directions of the solver
+NC_KINDS = frozenset(k.value for k in (CandidateKind.SEARCH_P, CandidateKind.SEARCH_S, CandidateKind.CG_DIRECTION, CandidateKind.RESIDUAL)) | {RITZ_KIND}
+
+
 @attrs.frozen
 class Direction:
-    """A search direction p with its slope gᵀp, damped curvature pᵀBp and, if known, f(θ+p)."""
+    """A search direction p with its slope gᵀp, damped curvature pᵀBp and, if known, f(θ+p).
+
+    ``kind`` is where p came from (a :class:`CandidateKind` value, "gradient", or for a
+    curvilinear step the two kinds joined by "+"); ``flipped``: an iterate turned downhill;
+    ``step``: what kind of step p is when that is not read off ``kind`` (a scaled
+    negative-curvature step, a curvilinear one). ``undamped`` = pᵀHp = pᵀBp − λ‖p‖² and
+    ``norm2`` = ‖p‖² when computed.
+    """
 
     p: np.ndarray
     slope: float
     curvature: float
     kind: str
     value: tuple[float, float] | None = None  # (objective, error) at θ + p, when evaluated
+    flipped: bool = False
+    step: str = ""
+    undamped: float = math.nan
+    norm2: float = math.nan
 
     @property
     def objective(self) -> float:
         """f(θ + p), +∞ when it is not finite (or not evaluated)."""
         return self.value[0] if self.value is not None and math.isfinite(self.value[0]) else math.inf
 
+    @property
+    def step_kind(self) -> str:
+        """The record's ``direction``: iterate (turned downhill or not: see ``flipped``),
+        negative_curvature, curvilinear or gradient."""
+        if self.step:
+            return self.step
+        return "negative_curvature" if self.kind in NC_KINDS else self.kind
+
+    @property
+    def rayleigh(self) -> float:
+        """pᵀHp / pᵀp (NaN when not computed or p = 0)."""
+        return self.undamped / self.norm2 if self.norm2 > 0.0 else math.nan
+
+    def measured(self, shift: float) -> "Direction":
+        """This direction with ‖p‖² and its undamped curvature (B = H + shift·I): one
+        local inner product."""
+        if math.isfinite(self.norm2):
+            return self
+        norm2 = float(self.p @ self.p)
+        return attrs.evolve(self, norm2=norm2, undamped=self.curvature - shift * norm2)
+
+    def downhill(self) -> "Direction":
+        """−p when gᵀp > 0 (same curvature), else itself."""
+        return attrs.evolve(self, p=-self.p, slope=-self.slope, value=None, flipped=not self.flipped) if self.slope > 0 else self
+
 
 @attrs.frozen
 class Choice:
-    """The chosen direction and how many objective evaluations choosing it cost."""
+    """The chosen direction, how many objective evaluations choosing it cost, and why."""
 
     direction: Direction
     evaluations: int
+    reason: str = ""
+
+
+@attrs.frozen
+class Survey:
+    """What the solve met, undamped: every vector it returned with its curvature, the most
+    negative Rayleigh quotient among them, the extreme Ritz values (CG, MINRES), and the
+    direction of most negative curvature turned downhill (None: none met)."""
+
+    min_rayleigh: float = math.nan
+    ritz_min: float = math.nan
+    ritz_max: float = math.nan
+    negative: Direction | None = None
+
+    @property
+    def floor(self) -> float:
+        """The most negative curvature seen (NaN: nothing negative)."""
+        values = [v for v in (self.min_rayleigh, self.ritz_min) if v < 0.0]
+        return min(values) if values else math.nan
+
+
+@attrs.frozen
+class Outcome:
+    """The step an iteration took: the direction p (at α = 1), α, f and what the line
+    search spent. ``step`` is θ_new − θ when it is not α·p (the curvilinear path);
+    ``predicted`` the model change of the accepted step when it is not the quadratic along
+    α·p (NaN: unknown); ``damping_update`` whether the Levenberg–Marquardt rule applies;
+    ``nc_scale`` the new κ (None: unchanged)."""
+
+    direction: Direction
+    search: LineSearchResult
+    evaluations: int
+    reason: str
+    step: np.ndarray | None = None
+    predicted: float | None = None
+    damping_update: bool = True
+    nc_scale: float | None = None
+
+    @property
+    def alpha(self) -> float:
+        return self.search.alpha
+
+    @property
+    def accepted(self) -> bool:
+        return self.search.accepted
 
 
 class HessianFreeTrainer(Trainer):
@@ -163,24 +278,31 @@ class HessianFreeTrainer(Trainer):
         candidate that is not a descent direction (gᵀp ≥ 0) is never taken.
         """
         walk, extra = [], []
-        for c in sorted(result.candidates, key=lambda c: -c.iteration):
-            d = Direction(np.asarray(c.direction), float(c.slope), float(c.curvature), c.kind.value)
-            (walk if c.kind is CandidateKind.ITERATE else extra).append(d)
+        for d in self.directions(result):
+            (walk if d.kind == CandidateKind.ITERATE.value else extra).append(d)
         walk = [d for d in walk if d.slope < 0 and np.any(d.p)]
         extra = [d for d in extra if d.slope < 0]
         if not self.config.backtracking:
             walk = walk[:1]
         return walk, extra
 
-    def choose_direction(self, result: SolveResult, g: np.ndarray, theta: np.ndarray, op: CurvatureOperator) -> Choice:
-        """CG-backtracking: walk back from the last iterate while f(θ + p) decreases.
+    @staticmethod
+    def directions(result: SolveResult) -> list[Direction]:
+        """The solver's candidates, latest first, as Directions (an iterate turned downhill
+        by the solver is marked ``flipped``)."""
+        iterates = {it.iteration: it.x for it in result.iterates}
+        out = []
+        for c in sorted(result.candidates, key=lambda c: -c.iteration):
+            p = np.asarray(c.direction)
+            flipped = False
+            if c.kind is CandidateKind.ITERATE and c.iteration in iterates:
+                flipped = bool(float(p @ iterates[c.iteration]) < 0.0)
+            out.append(Direction(p, float(c.slope), float(c.curvature), c.kind.value, flipped=flipped))
+        return out
 
-        A non-finite objective counts as +∞, so the walk continues past it. Only when no
-        iterate is a descent direction are the negative-curvature directions tried
-        (their length is arbitrary: as rivals of the iterates they win short, poor steps),
-        and −g after them.
-        """
-        walk, extra = self.candidates(result)
+    def walk_back(self, walk: list[Direction], theta: np.ndarray) -> tuple[Direction | None, int]:
+        """CG-backtracking: from the last iterate back while f(θ + p) decreases (a
+        non-finite objective counts as +∞, so the walk continues past it)."""
         best: Direction | None = None
         evaluations = 0
         for d in walk:
@@ -190,18 +312,39 @@ class HessianFreeTrainer(Trainer):
                 break
             if best is None or d.objective < best.objective:
                 best = d
+        return best, evaluations
+
+    def _walk_reason(self) -> str:
+        return "walk_back" if self.config.backtracking else "last_iterate"
+
+    def choose_direction(self, result: SolveResult, g: np.ndarray, theta: np.ndarray, op: CurvatureOperator) -> Choice:
+        """CG-backtracking: walk back from the last iterate while f(θ + p) decreases.
+
+        A non-finite objective counts as +∞, so the walk continues past it. Only when no
+        iterate is a descent direction are the negative-curvature directions tried
+        (their length is arbitrary: as rivals of the iterates they win short, poor steps),
+        and −g after them. (The rule ``negative_curvature = "off"``.)
+        """
+        walk, extra = self.candidates(result)
+        best, evaluations = self.walk_back(walk, theta)
+        reason = self._walk_reason()
         if best is None:
+            reason = "no_descent_iterate"
             for d in extra:
                 d = attrs.evolve(d, value=self.objective(theta + d.p))
                 evaluations += 1
                 if best is None or d.objective < best.objective:
                     best = d
         if best is None:  # nothing usable (e.g. negative curvature at the first CG step): −g
-            p = -g
-            with self.comm.phase(Phase.CURVATURE):
-                curvature = float(p @ op(p))
-            best = Direction(p, float(g @ p), curvature, "gradient")
-        return Choice(best, evaluations)
+            best, reason = self.gradient_direction(g, op), "no_candidate"
+        return Choice(best, evaluations, reason)
+
+    def gradient_direction(self, g: np.ndarray, op: CurvatureOperator) -> Direction:
+        """−g with its damped curvature (one product)."""
+        p = -g
+        with self.comm.phase(Phase.CURVATURE):
+            curvature = float(p @ op(p))
+        return Direction(p, float(g @ p), curvature, "gradient")
 
     def line_search(self, theta: np.ndarray, f0: float, d: Direction) -> LineSearchResult:
         """Armijo backtracking along d.p from α = 1 (its value reused if already known)."""
@@ -216,13 +359,135 @@ class HessianFreeTrainer(Trainer):
             first=d.value,
         )
 
-    def new_damping(self, state: HFState, d: Direction, alpha: float, f0: float, f_new: float) -> tuple[float, float]:
-        """(ρ, λ') from the undamped quadratic model along the accepted step α·p."""
-        if alpha <= 0:
+    # ------------------------------------------------------------------ negative curvature
+    def survey(self, result: SolveResult, g: np.ndarray, shift: float) -> Survey:
+        """The undamped curvature of every vector the solve returned (its candidates, its
+        negative-curvature direction, CG's lowest search direction and Ritz vector) and the
+        Ritz values: local inner products only, the same on every rank."""
+        found = self.directions(result)
+        known = {(c.kind, c.iteration) for c in result.candidates}
+        for nc in (result.negative_curvature, getattr(result, "lowest", None)):
+            if nc is None or (nc.kind, nc.iteration) in known:
+                continue  # CG's direction is no candidate of its; the others' are
+            known.add((nc.kind, nc.iteration))
+            p = np.asarray(nc.direction)
+            found.append(Direction(p, float(g @ p), float(nc.curvature), nc.kind.value))
+        ritz = getattr(result, "ritz_vector", None)
+        if ritz is not None:
+            p = np.asarray(ritz.direction)
+            found.append(Direction(p, float(g @ p), float(ritz.curvature), RITZ_KIND))
+        rayleighs, best = [], None
+        for d in found:
+            d = d.measured(shift)
+            r = d.rayleigh
+            if not math.isfinite(r):
+                continue
+            rayleighs.append(r)
+            if r < 0.0 and (best is None or r < best.rayleigh):
+                best = d
+        if best is not None:
+            best = attrs.evolve(best.downhill(), value=None)
+        ritz = [getattr(result, key, math.nan) - shift for key in ("ritz_min", "ritz_max")]
+        return Survey(min_rayleigh=min(rayleighs) if rayleighs else math.nan, ritz_min=ritz[0], ritz_max=ritz[1], negative=best)
+
+    def scaled_negative(self, d: Direction, scale: float) -> Direction:
+        """d scaled to the cubic model's length t* (``negative.cubic_length``)."""
+        norm = math.sqrt(d.norm2)
+        t = negative.cubic_length(d.rayleigh, d.slope / norm, scale)
+        f = t / norm
+        return attrs.evolve(d, p=f * d.p, slope=f * d.slope, curvature=f * f * d.curvature, undamped=f * f * d.undamped,
+                            norm2=t * t, value=None, step="negative_curvature")
+
+    def negative_search(self, theta: np.ndarray, f0: float, d: Direction) -> LineSearchResult:
+        """Forward/backward tracking along the scaled negative-curvature step d."""
+        cfg = self.config
+        return sufficient_decrease(
+            lambda a: self.objective(theta + a * d.p),
+            f0,
+            lambda a: negative.model_change(d.slope, d.undamped, a),
+            c=cfg.armijo_c,
+            shrink=cfg.armijo_shrink,
+            max_trials=cfg.max_line_search,
+            grow=negative.GROW,
+            max_forward=negative.MAX_FORWARD,
+        )
+
+    def negative_curvature_step(self, result: SolveResult, survey: Survey, g: np.ndarray, f0: float, state: HFState,
+                                op: CurvatureOperator, shift: float) -> Outcome:
+        """The step under the rules ``scaled`` and ``curvilinear`` (module docstring)."""
+        cfg, theta = self.config, state.theta
+        walk, _ = self.candidates(result)
+        newton, evaluations = self.walk_back(walk, theta)
+        newton = newton.measured(shift) if newton is not None else None
+        reason = self._walk_reason()
+        if survey.negative is None:  # nothing negative met: the Newton-type step as under "off"
+            if newton is None:
+                newton, reason = self.gradient_direction(g, op).measured(shift), "no_candidate"
+            ls = self.line_search(theta, f0, newton)
+            return Outcome(newton, ls, evaluations + ls.trials, reason)
+        scale = state.nc_scale
+        d = self.scaled_negative(survey.negative, scale)
+        length = math.sqrt(d.norm2)
+        nc_change = negative.cubic_change(d.slope, d.undamped, length, scale)
+        newton_change = negative.model_change(newton.slope, newton.undamped) if newton is not None else None
+        if not negative.prefer_negative_curvature(newton_change, nc_change):
+            ls = self.line_search(theta, f0, newton)
+            return Outcome(newton, ls, evaluations + ls.trials, "newton_predicted")
+        if cfg.nc_rule is NegativeCurvatureRule.CURVILINEAR and newton is not None:
+            s = newton
+            ls = sufficient_decrease(
+                lambda a: self.objective(theta + ((a * a) * s.p + a * d.p)),
+                f0,
+                lambda a: negative.curvilinear_change(a, s.slope, d.undamped),
+                c=cfg.armijo_c,
+                shrink=cfg.armijo_shrink,
+                max_trials=cfg.max_line_search,
+            )
+            a = ls.alpha
+            path = Direction(s.p + d.p, s.slope + d.slope, math.nan, f"{s.kind}+{d.kind}", step="curvilinear",
+                             undamped=d.undamped, norm2=d.norm2)
+            # no model of the path's value (sᵀHd unknown): κ follows the accepted α
+            new_scale = negative.clip_scale(scale * a if ls.accepted else scale / negative.FAILED_SHRINK)
+            return Outcome(path, ls, evaluations + ls.trials, "curvilinear", step=(a * a) * s.p + a * d.p if ls.accepted else None,
+                           predicted=math.nan, damping_update=not ls.accepted, nc_scale=new_scale)
+        ls = self.negative_search(theta, f0, d)
+        evaluations += ls.trials
+        why = "nc_predicted" if newton is not None else "nc_only"
+        if ls.accepted:
+            return Outcome(d, ls, evaluations, why, damping_update=False, nc_scale=negative.clip_scale(scale * ls.alpha))
+        new_scale = negative.clip_scale(scale / negative.FAILED_SHRINK)
+        if newton is None:
+            return Outcome(d, ls, evaluations, why, nc_scale=new_scale)
+        ls = self.line_search(theta, f0, newton)
+        return Outcome(newton, ls, evaluations + ls.trials, "nc_failed", nc_scale=new_scale)
+
+    def solve_damping(self, state: HFState) -> float:
+        """The λ of this iteration's operator: the state's, or under the indefinite rule at
+        least FLOOR_FACTOR × the most negative curvature of the previous solve."""
+        if self.config.damping_rule is DampingRule.INDEFINITE:
+            return negative.damping_floor(state.damping, state.curvature_floor, self.config.damping_max)
+        return state.damping
+
+    def new_damping(self, state: HFState, out: Outcome, f0: float, shift: float | None = None) -> tuple[float, float]:
+        """(ρ, λ') from the undamped quadratic model along the accepted step α·p.
+
+        ``shift`` is the λ of the solve (default the state's). ρ is NaN when the model of
+        the step is unknown (the curvilinear path: pᵀHd is not known); λ stays when the
+        outcome says the Levenberg–Marquardt rule does not apply (negative-curvature
+        steps under a negative-curvature rule).
+        """
+        if not out.accepted:
             return -math.inf, update_damping(state.damping, -math.inf, self.config)
-        undamped = d.curvature - state.damping * float(d.p @ d.p)
-        predicted = quadratic_model(alpha * d.slope, alpha * alpha * undamped)
-        rho = reduction_ratio(f_new, f0, predicted)
+        d, alpha = out.direction, out.alpha
+        if out.predicted is None:
+            shift = state.damping if shift is None else shift
+            undamped = d.curvature - shift * float(d.p @ d.p)
+            predicted = quadratic_model(alpha * d.slope, alpha * alpha * undamped)
+        else:
+            predicted = out.predicted
+        rho = reduction_ratio(out.search.value, f0, predicted) if math.isfinite(predicted) else math.nan
+        if not out.damping_update:
+            return rho, state.damping
         return rho, update_damping(state.damping, rho, self.config)
 
     def test_error(self, theta: np.ndarray) -> float | None:
@@ -234,7 +499,7 @@ class HessianFreeTrainer(Trainer):
 
     # ------------------------------------------------------------------ one iteration
     def step(self, state: HFState) -> tuple[HFState, IterationRecord]:
-        comm = self.comm
+        comm, cfg = self.comm, self.config
         counts0 = comm.counts()
         t0 = time.perf_counter()
         with comm.phase(Phase.GRADIENT):
@@ -242,29 +507,43 @@ class HessianFreeTrainer(Trainer):
         if not (math.isfinite(f0) and np.all(np.isfinite(g))):
             raise DivergedError(f"iteration {state.iteration + 1}: the objective or its gradient is not finite at the current parameters")
         t1 = time.perf_counter()
-        curvature = next_curvature(self.config.method, state.last_curvature, state.last_negative)
+        curvature = next_curvature(cfg.method, state.last_curvature, state.last_negative)
+        shift = self.solve_damping(state)
         with comm.phase(Phase.CURVATURE):
-            op = self.curvature_operator(state.theta, state.iteration, state.damping, curvature)
+            op = self.curvature_operator(state.theta, state.iteration, shift, curvature)
             result = self.solve(op, g, state)
         t2 = time.perf_counter()
+        survey = self.survey(result, g, shift)
         with comm.phase(Phase.LINE_SEARCH):
-            choice = self.choose_direction(result, g, state.theta, op)
-            d = choice.direction
-            ls = self.line_search(state.theta, f0, d)
-            evals = choice.evaluations + ls.trials
+            if cfg.nc_rule is NegativeCurvatureRule.OFF:
+                choice = self.choose_direction(result, g, state.theta, op)
+                ls = self.line_search(state.theta, f0, choice.direction)
+                out = Outcome(choice.direction, ls, choice.evaluations + ls.trials, choice.reason)
+            else:
+                out = self.negative_curvature_step(result, survey, g, f0, state, op, shift)
         t3 = time.perf_counter()
-        rho, damping = self.new_damping(state, d, ls.alpha, f0, ls.value)
+        d, ls, evals = out.direction, out.search, out.evaluations
+        rho, damping = self.new_damping(state, out, f0, shift)
+        nc_scale = out.nc_scale if out.nc_scale is not None else state.nc_scale
+        if cfg.nc_rule is not NegativeCurvatureRule.OFF and out.accepted and out.nc_scale is None:
+            taken = d.measured(shift)  # a Newton-type step: κ from its third-order remainder
+            remainder = (ls.value - f0) - negative.model_change(d.slope, taken.undamped, ls.alpha)
+            nc_scale = negative.secant_scale(nc_scale, ls.alpha * math.sqrt(taken.norm2), remainder)
         if ls.accepted:
-            theta, loss, train_error, rejected = state.theta + ls.alpha * d.p, ls.value, ls.extra, 0
+            step = out.step if out.step is not None else ls.alpha * d.p
+            theta, loss, train_error, rejected = state.theta + step, ls.value, ls.extra, 0
         else:
             theta, loss, train_error, rejected = state.theta, f0, state.train_error, state.rejected + 1
         test_error = self.test_error(theta)
         samples = state.samples + self.n_train * (1 + evals) + self.batch_size * (1 + op.products)
+        source = cfg.warm_start_source
+        delta = result.x if source is WarmStart.ITERATE else (d.p if source is WarmStart.DIRECTION else np.zeros_like(state.theta))
+        taken = d.measured(shift)
         new = attrs.evolve(
             state,
             theta=theta,
             damping=damping,
-            delta=result.x,
+            delta=delta,
             iteration=state.iteration + 1,
             rejected=rejected,
             samples=samples,
@@ -274,6 +553,8 @@ class HessianFreeTrainer(Trainer):
             train_error=train_error if train_error is not None else math.nan,
             last_curvature=curvature,
             last_negative=result.negative_curvature is not None,
+            nc_scale=nc_scale,
+            curvature_floor=survey.floor,
         )
         record = self.record(
             new,
@@ -293,8 +574,18 @@ class HessianFreeTrainer(Trainer):
             negative_curvature=result.negative_curvature is not None,
             stop_reason=result.reason.value,
             curvature=curvature.value,
-            direction=d.kind,
+            direction=d.step_kind,
             accepted=ls.accepted,
+            candidate=d.kind,
+            flipped=d.flipped,
+            choice=out.reason,
+            step_curvature=taken.undamped,
+            step_rayleigh=taken.rayleigh,
+            min_rayleigh=survey.min_rayleigh,
+            ritz_min=survey.ritz_min,
+            ritz_max=survey.ritz_max,
+            solve_damping=shift,
+            nc_scale=new.nc_scale,
         )
         return new, record
 

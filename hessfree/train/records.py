@@ -40,8 +40,20 @@ class IterationRecord:
     negative_curvature: bool = False
     stop_reason: str = ""
     curvature: str = ""
-    direction: str = ""
+    direction: str = ""  # the step's kind: iterate, negative_curvature, curvilinear, gradient
     accepted: bool = True
+    # what the step was and what the solve saw (README, "Negative curvature"); curvatures
+    # are undamped (of the objective's H, or G for Gauss-Newton: the operator minus λI)
+    candidate: str = ""  # where the step came from: a solver candidate kind, "gradient", or "s+d" kinds
+    flipped: bool = False  # an iterate the solver turned downhill (d̃ = −x: gᵀx > 0)
+    choice: str = ""  # why it was taken (walk_back, newton_predicted, nc_predicted, curvilinear, …)
+    step_curvature: float = math.nan  # pᵀHp of the direction p (α = 1; curvilinear: of its d)
+    step_rayleigh: float = math.nan  # pᵀHp / pᵀp
+    min_rayleigh: float = math.nan  # the most negative Rayleigh quotient among the solve's vectors
+    ritz_min: float = math.nan  # extreme Ritz values of the solve's Lanczos tridiagonal (CG, MINRES)
+    ritz_max: float = math.nan
+    solve_damping: float = math.nan  # the λ of the solve's operator (≠ damping under the indefinite rule)
+    nc_scale: float = math.nan  # κ, the length scale of negative-curvature steps, after the step
     sim_time_s: float | None = None  # simulated cluster seconds (``simulate``), else None
 
     @property
