@@ -55,7 +55,7 @@ def _train_options():
     from hessfree.cost.network import Collective
     from hessfree.cost.presets import INTERCONNECTS
     from hessfree.data.loader import DatasetName
-    from hessfree.methods import Method
+    from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, WarmStart
     from hessfree.models.mlp import Activation, Loss
     from hessfree.train import TrainConfig
     from hessfree.train.runconfig import DType, RunConfig
@@ -100,6 +100,10 @@ def _train_options():
         click.option("--sim-bandwidth", type=float, help="Simulated bandwidth in bytes/s (overrides the preset)."),
         click.option("--sim-collective", type=click.Choice(choices(Collective)), help=f"Allreduce algorithm charged ({r.sim_collective.value})."),
         click.option("--sim-compute-scale", type=float, help="Multiply measured compute: this machine's FLOP/s ÷ the simulated node's (1)."),
+        click.option("--negative-curvature", type=click.Choice(choices(NegativeCurvatureRule)), help="What an HF step does with negative curvature: off, scaled, curvilinear (default: the method's; scaled for newton-mr, else off)."),
+        click.option("--damping-rule", type=click.Choice(choices(DampingRule)), help=f"lm, or indefinite: λ at least 1.5× the most negative curvature of the previous solve (default {t.damping_rule.value})."),
+        click.option("--warm-start-source", type=click.Choice(choices(WarmStart)), help=f"Krylov start: the last iterate (Martens), the chosen direction (the paper) or zero (default {t.warm_start_source.value})."),
+        click.option("--init-scale", type=float, help=f"θ₀ = s × the initial parameters, for saddle studies (default {t.init_scale:g})."),
     ]
 
 
@@ -114,7 +118,7 @@ def _applicability():
     from hessfree.methods import Update
 
     hf = ("iterations", "cg_max_iter", "cg_rtol", "progress_tol", "damping", "damping_min", "damping_max",
-          "damping_increase", "damping_decrease", "rho_low", "rho_high", "warm_start", "backtracking",
+          "damping_increase", "damping_decrease", "rho_low", "rho_high", "warm_start", "backtracking", "negative_curvature", "damping_rule", "warm_start_source",
           "armijo_c", "armijo_shrink", "max_line_search")
     rules = {key: (lambda m: m.is_hessian_free, "a first-order method; it applies to the Hessian-free methods only") for key in hf}
     rules["iterations"] = (lambda m: m.is_hessian_free, "a first-order method, whose run length is --epochs")

@@ -41,14 +41,16 @@ class RunSpec:
     settings: dict
     seed: int
     phase: str  # "tuning" or "report"
+    overrides: dict = attrs.field(factory=dict)  # the experiment's (quick form) overrides
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(json.dumps([self.plan.fixed, self.settings], sort_keys=True).encode()).hexdigest()[:8]
+        what = [self.plan.fixed, self.settings] + ([self.overrides] if self.overrides else [])
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.plan.name}-{digest}-s{self.seed}"
 
     def values(self, experiment: Experiment, data_dir: str | None, metrics: Path) -> dict:
-        values = {**experiment.base, **self.plan.fixed, **self.settings}
+        values = {**experiment.base, **self.plan.fixed, **self.settings, **experiment.overrides}
         values.update(method=self.plan.method.value, seed=self.seed, metrics=str(metrics), quiet=True)
         if data_dir is not None:
             values["data_dir"] = data_dir
@@ -147,7 +149,7 @@ class Runner:
             return points[0], dict(grid=plan.grid, points=[], chosen=points[0], rule="no grid: nothing to tune")
         rows = []
         for settings in points:
-            runs = [self.execute(RunSpec(plan, settings, seed, "tuning")) for seed in exp.tuning_seeds]
+            runs = [self.execute(RunSpec(plan, settings, seed, "tuning", exp.overrides)) for seed in exp.tuning_seeds]
             values = [r["targets"][_target_key(exp.tuning_target)][exp.tuning_axis] for r in runs]
             rows.append(dict(
                 settings=settings, seeds=list(exp.tuning_seeds), criterion=values,
@@ -168,7 +170,7 @@ class Runner:
         summary = {}
         for k, plan in enumerate(exp.methods, start=1):
             chosen, tuning[plan.name] = self.tune(plan)
-            results += [self.execute(RunSpec(plan, chosen, seed, "report")) for seed in exp.seeds]
+            results += [self.execute(RunSpec(plan, chosen, seed, "report", exp.overrides)) for seed in exp.seeds]
             # written after every method: an interrupted experiment can be reported as far as it got
             summary = dict(experiment=describe(exp), tuning=tuning, runs=results,
                            complete=k == len(exp.methods), methods_done=[p.name for p in exp.methods[:k]])

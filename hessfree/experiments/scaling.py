@@ -79,7 +79,7 @@ class ScalingRunner:
 
     def _values(self, batch: int, path: Path, **extra) -> dict:
         exp, plan = self.experiment, self.experiment.methods[0]
-        values = {**exp.base, **plan.fixed, "method": plan.method.value, "batch_size": batch,
+        values = {**exp.base, **plan.fixed, **exp.overrides, "method": plan.method.value, "batch_size": batch,
                   "seed": exp.seeds[0], "metrics": str(path), "quiet": True, **extra}
         if self.data_dir is not None:
             values["data_dir"] = self.data_dir

@@ -102,6 +102,7 @@ class Experiment:
     quick: Quick = attrs.field(factory=Quick)
     notes: str = ""  # budget and subsets, stated beside the results
     form: str = "full"  # "quick" after quick_form()
+    overrides: dict = attrs.field(factory=dict)  # applied over every run's settings (quick forms)
     # scaling experiments (Figure 2)
     batches: tuple[int, ...] = ()
     measured_ranks: tuple[int, ...] = (1, 2)
@@ -131,7 +132,7 @@ class Experiment:
         return attrs.evolve(
             self,
             form="quick",
-            base={**self.base, **q.base},
+            overrides={**self.overrides, **q.base},  # over the methods' fixed settings too
             tuning_seeds=self.tuning_seeds[: q.tuning_seeds],
             seeds=self.seeds[: q.seeds],
             methods=tuple(attrs.evolve(m, grid={k: _trim(v, q.grid_limit) for k, v in m.grid.items()}) for m in self.methods),
@@ -221,8 +222,8 @@ def _method(entry, where: str) -> MethodPlan:
 
 
 def _parse(key: str, value, where: str):
-    if key == "form":
-        raise ConfigError(f"{where}: form: set by --quick, not in a file")
+    if key in ("form", "overrides"):
+        raise ConfigError(f"{where}: {key}: set by --quick, not in a file")
     if key in ("name", "description", "tuning_axis", "notes"):
         return text(f"{where}: {key}", value)
     if key == "kind":
