@@ -157,31 +157,14 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     of the read; every one names ``path``.
     """
     path = Path(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)
-    except IsADirectoryError:
-        raise NotRegularFile(errno.EISDIR, "is a directory, not a regular file", str(path)) from None
-    except OSError as exc:
-        raise named(exc, path) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFile(errno.EINVAL, "not a regular file (a device, FIFO, socket or directory)", str(path))
-        if info.st_size > limit:
-            raise TooLarge(errno.EFBIG, f"{info.st_size} bytes, more than the {limit} this file may have", str(path))
-        chunks, left = [], limit + 1
-        while left > 0:
-            block = os.read(fd, min(left, 1 << 20))
-            if not block:
-                break
-            chunks.append(block)
-            left -= len(block)
-        data = b"".join(chunks)
-    except OSError as exc:
-        raise named(exc, path) from None
-    finally:
-        os.close(fd)
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise TooLarge(errno.EFBIG, f"{size} bytes, more than the {limit} this file may have", str(path))
+        try:
+            data = fh.read(limit + 1)  # a file growing under us is caught below
+        except OSError as exc:
+            raise named(exc, path) from None
     if len(data) > limit:
         raise TooLarge(errno.EFBIG, f"more than the {limit} bytes this file may have", str(path))
     return data
