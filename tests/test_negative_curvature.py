@@ -379,7 +379,7 @@ def test_the_nc_experiment_compares_every_hf_method_and_counts_the_steps():
     rules = {(plan.method, plan.fixed.get("negative_curvature")) for plan in experiment.methods}
     assert (Method.BICGSTAB, "scaled") in rules and (Method.BICGSTAB, "curvilinear") in rules
     quick = experiment.quick_form()
-    assert quick.base["iterations"] < experiment.base["iterations"] and len(quick.seeds) == 2
+    assert quick.overrides["iterations"] < experiment.base["iterations"] and len(quick.seeds) == 2
     records = [dict(direction="iterate", min_rayleigh=0.1, ritz_min=-0.2), dict(direction="negative_curvature", min_rayleigh=-1.0),
                dict(direction="curvilinear", min_rayleigh=None, ritz_min=None), dict(direction="iterate", flipped=True, min_rayleigh=0.3)]
     counts = step_counts(records)
