@@ -161,10 +161,17 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
         size = os.fstat(fh.fileno()).st_size
         if size > limit:
             raise TooLarge(errno.EFBIG, f"{size} bytes, more than the {limit} this file may have", str(path))
+        chunks, left = [], limit + 1  # in blocks: read(limit) would allocate the whole limit at once
         try:
-            data = fh.read(limit + 1)  # a file growing under us is caught below
+            while left > 0:
+                block = fh.read(min(left, 1 << 20))
+                if not block:
+                    break
+                chunks.append(block)
+                left -= len(block)
         except OSError as exc:
             raise named(exc, path) from None
+        data = b"".join(chunks)  # a file that grew past the limit under us is caught below
     if len(data) > limit:
         raise TooLarge(errno.EFBIG, f"more than the {limit} bytes this file may have", str(path))
     return data
