@@ -101,9 +101,17 @@ def with_rank(exc: BaseException, message: str) -> str:
     return message
 
 
+#: how long a silent rank waits before exiting with the error code: mpirun ends the whole
+#: job when the first process exits non-zero, which could cut off the reporting rank's line
+QUIET_RANK_GRACE_S = 3.0
+
+
 def _end(exc: BaseException, message: str, code: int) -> NoReturn:
     if quiet_rank(exc):
+        import time
+
         job = getattr(exc, "hessfree_job", None)
+        time.sleep(QUIET_RANK_GRACE_S)
         sys.exit(int(job.code if job is not None else code))
     fail(with_rank(exc, message), code)
 

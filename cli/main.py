@@ -32,6 +32,11 @@ class _Group(click.Group):
         try:
             super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.ClickException as exc:
+            import time
+
+            from hessfree.cli.errors import QUIET_RANK_GRACE_S
+
+            time.sleep(QUIET_RANK_GRACE_S)  # let rank 0 print before mpirun ends the job
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             sys.exit(1)
