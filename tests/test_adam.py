@@ -22,18 +22,10 @@ from hessfree.models import MLP
 from hessfree.train import Callback, Checkpointing, FirstOrderTrainer, Status, TrainConfig, fit, make_run_config, make_trainer
 from hessfree.train.batches import epoch_permutation
 from hessfree.train.run import build
+from stub_rows import Rows
 
 
 # ------------------------------------------------------------------ an exactly quadratic model
-@attrs.frozen
-class _Rows:
-    X: np.ndarray
-    labels: np.ndarray
-    targets = None
-
-    @property
-    def n(self) -> int:
-        return self.X.shape[0]
 
 
 class QuadraticModel:
@@ -51,10 +43,10 @@ class QuadraticModel:
         return (np.random.default_rng(seed).standard_normal(self.n_params) * 3.0).astype(self.dtype)
 
     def batch(self, X, y=None):
-        return _Rows(np.asarray(X), np.asarray(y))
+        return Rows(np.asarray(X), np.asarray(y))
 
     def loss_grad(self, theta, X, y=None):
-        X = X.X if isinstance(X, _Rows) else np.asarray(X)
+        X = X.X if isinstance(X, Rows) else np.asarray(X)
         R = theta - X
         AR = R @ self.A
         loss, grad = 0.5 * float(np.sum(AR * R)), AR.sum(axis=0)
@@ -62,7 +54,7 @@ class QuadraticModel:
         return (math.nan, grad * np.nan) if call in self.poison else (loss, grad)
 
     def evaluate(self, theta, X, y=None):
-        X = X.X if isinstance(X, _Rows) else np.asarray(X)
+        X = X.X if isinstance(X, Rows) else np.asarray(X)
         R = theta - X
         return 0.5 * float(np.sum((R @ self.A) * R)), 0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 
-import attrs
 import numpy as np
 import pytest
 
@@ -23,18 +22,10 @@ from hessfree.train.linesearch import sufficient_decrease
 from hessfree.train.run import build
 from mpi.launch import run_mpi
 from nc_cases import NC_CASES, RTOL, nc_config
+from stub_rows import Rows
 
 
 # ------------------------------------------------------------------ models with known curvature
-@attrs.frozen
-class _Rows:
-    X: np.ndarray
-    labels: np.ndarray
-    targets = None
-
-    @property
-    def n(self) -> int:
-        return self.X.shape[0]
 
 
 class FunctionModel:
@@ -53,10 +44,10 @@ class FunctionModel:
         return self.theta0.copy()
 
     def batch(self, X, y=None):
-        return _Rows(np.asarray(X), np.asarray(y))
+        return Rows(np.asarray(X), np.asarray(y))
 
     def _rows(self, X):
-        return X.X if isinstance(X, _Rows) else np.asarray(X)
+        return X.X if isinstance(X, Rows) else np.asarray(X)
 
     def loss_grad(self, theta, X, y=None):
         R = theta - self._rows(X)

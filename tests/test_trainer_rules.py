@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import attrs
 import numpy as np
 import pytest
 
@@ -24,19 +23,10 @@ from hessfree.data.dataset import Dataset
 from hessfree.models import MLP
 from hessfree.solvers import Candidate, CandidateKind, SolveResult, StopReason
 from hessfree.train import HessianFreeTrainer, TrainConfig, fit
+from stub_rows import Rows
 
 
 # ------------------------------------------------------------------ an exactly quadratic model
-@attrs.frozen
-class _Rows:
-    X: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return self.X.shape[0]
-
-    targets = None
 
 
 class QuadraticModel:
@@ -53,10 +43,10 @@ class QuadraticModel:
         return np.random.default_rng(seed).standard_normal(self.n_params) * 3.0
 
     def batch(self, X, y=None):
-        return _Rows(np.asarray(X), np.asarray(y))
+        return Rows(np.asarray(X), np.asarray(y))
 
     def _rows(self, X):
-        return X.X if isinstance(X, _Rows) else np.asarray(X)
+        return X.X if isinstance(X, Rows) else np.asarray(X)
 
     def loss_grad(self, theta, X, y=None):
         R = theta - self._rows(X)  # rows θ − cᵢ
