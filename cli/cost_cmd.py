@@ -12,6 +12,9 @@ import math
 
 import click
 
+from functools import partial
+
+from hessfree.cost.layouts import layout_table
 from hessfree.cost.model import Blocks, CostMethod
 from hessfree.cost.network import Collective
 from hessfree.cost.presets import INTERCONNECTS
@@ -97,19 +100,40 @@ def _build_model(o: dict):
                      collective=o["collective"], blocks=blocks), node_kind
 
 
+def _render(columns, rows) -> list[str]:
+    """A header, a rule and one line per row; ``columns`` are (header, width, cell) with
+    ``cell(row) -> str``; the first column is left-aligned, the others right-aligned."""
+    def line(cells):
+        return " ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, (_, w, _)) in enumerate(zip(cells, columns))).rstrip()
+
+    head = line([h for h, _, _ in columns])
+    return [head, "-" * len(head)] + [line([cell(r) for _, _, cell in columns]) for r in rows]
+
+
+#: the columns every table starts with
+_KEY = [("method", 9, lambda r: r.method), ("batch", 6, lambda r: f"{r.batch:d}"), ("nodes", 5, lambda r: f"{r.nodes:d}")]
+
+
+def _layouts_lines(rows) -> list[str]:
+    """The --layouts table: one line per layout, ``*`` on the cheapest per (method, batch, nodes)."""
+    return _render(_KEY + [
+        ("layout", 6, lambda r: r.layout), ("data×model", 10, lambda r: f"{r.data_groups}×{r.model_slices}"),
+        ("s/iter", 9, lambda r: f"{r.time_per_iteration_s:.4g}"), ("speedup", 7, lambda r: f"{r.speedup:.2f}"),
+        ("compute s", 9, lambda r: f"{r.compute_s:.3g}"), ("comm s", 9, lambda r: f"{r.communication_s:.3g}"),
+        ("coll/it", 7, lambda r: f"{r.collectives_per_iteration:d}"), ("MB/it", 8, lambda r: f"{r.bytes_per_iteration / 1e6:.3g}"),
+        ("best", 4, lambda r: "*" if r.best else ""),
+    ], rows)
+
+
 def _table(rows) -> list[str]:
-    head = (f"{'method':9} {'batch':>6} {'nodes':>5} {'s/iter':>9} {'speedup':>7} {'eff':>5} "
-            f"{'grad s':>8} {'solve s':>8} {'ls s':>8} {'s/epoch':>9} {'coll/it':>7} {'MB/it':>8} "
-            f"{'coll/ep':>9} {'MB/ep':>9}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.method:9} {r.batch:6d} {r.nodes:5d} {r.time_per_iteration_s:9.4g} {r.speedup:7.2f} "
-            f"{r.efficiency:5.2f} {r.time_gradient_s:8.3g} {r.time_solve_s:8.3g} {r.time_line_search_s:8.3g} "
-            f"{r.time_per_epoch_s:9.4g} {r.collectives_per_iteration:7d} {r.bytes_per_iteration / 1e6:8.3g} "
-            f"{r.collectives_per_epoch:9.4g} {r.bytes_per_epoch / 1e6:9.4g}"
-        )
-    return lines
+    return _render(_KEY + [
+        ("s/iter", 9, lambda r: f"{r.time_per_iteration_s:.4g}"), ("speedup", 7, lambda r: f"{r.speedup:.2f}"),
+        ("eff", 5, lambda r: f"{r.efficiency:.2f}"), ("grad s", 8, lambda r: f"{r.time_gradient_s:.3g}"),
+        ("solve s", 8, lambda r: f"{r.time_solve_s:.3g}"), ("ls s", 8, lambda r: f"{r.time_line_search_s:.3g}"),
+        ("s/epoch", 9, lambda r: f"{r.time_per_epoch_s:.4g}"), ("coll/it", 7, lambda r: f"{r.collectives_per_iteration:d}"),
+        ("MB/it", 8, lambda r: f"{r.bytes_per_iteration / 1e6:.3g}"), ("coll/ep", 9, lambda r: f"{r.collectives_per_epoch:.4g}"),
+        ("MB/ep", 9, lambda r: f"{r.bytes_per_epoch / 1e6:.4g}"),
+    ], rows)
 
 
 def plot_speedup(rows, path: str, title: str = "") -> None:
@@ -167,6 +191,7 @@ def plot_speedup(rows, path: str, title: str = "") -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Value size (default: preset's, else float64).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows instead of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a speed-up figure (PNG) like the paper's Figure 2.")
+@click.option("--layouts", is_flag=True, help="What-if: every split of the nodes into data groups × model slices (data, model, 2-D), the cheapest per iteration marked.")
 @click.pass_context
 def cost_group(ctx, **o) -> None:
     """Predict time per iteration and epoch, speed-up and communication of SGD and HF."""
@@ -179,7 +204,8 @@ def cost_group(ctx, **o) -> None:
         if o["cg_iters"] < 0 or o["ls_trials"] < 0:
             raise ConfigError("--cg-iters and --ls-trials must be ≥ 0")
         model, node_kind = _build_model(o)
-        rows = model.table(methods, batches, nodes, krylov_iterations=o["cg_iters"], line_search_evals=o["ls_trials"])
+        table = partial(layout_table, model) if o["layouts"] else model.table
+        rows = table(methods, batches, nodes, krylov_iterations=o["cg_iters"], line_search_evals=o["ls_trials"])
     if o["as_json"]:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=1))
     else:
@@ -189,11 +215,11 @@ def cost_group(ctx, **o) -> None:
             f"node {node_kind} {model.node.flops / 1e9:.4g} GFLOP/s, α = {net.latency * 1e6:.3g} µs, "
             f"{net.bandwidth / 1e9:.3g} GB/s, {model.collective.value} allreduce, K = {o['cg_iters']}, L = {o['ls_trials']}"
         )
-        for line in _table(rows):
+        for line in (_layouts_lines if o["layouts"] else _table)(rows):
             click.echo(line)
     if o["plot"]:
         try:
-            plot_speedup(rows, o["plot"], title=f"{'-'.join(map(str, model.layers))}, n = {model.samples:,}")
+            plot_speedup([r for r in rows if getattr(r, "best", True)], o["plot"], title=f"{'-'.join(map(str, model.layers))}, n = {model.samples:,}")
         except ConfigError as exc:  # e.g. no matplotlib: the table was printed, the figure not
             fail(str(exc), ExitCode.RUNTIME)
         except OSError as exc:

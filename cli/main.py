@@ -60,9 +60,10 @@ def _train_options():
     from hessfree.cost.network import Collective
     from hessfree.cost.presets import INTERCONNECTS
     from hessfree.data.loader import DatasetName
-    from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, WarmStart
+    from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, Preconditioner, WarmStart
     from hessfree.models.mlp import Activation, Loss
     from hessfree.train import TrainConfig
+    from hessfree.train.layout import Parallel
     from hessfree.train.runconfig import DType, RunConfig
     from hessfree.validate import choices
 
@@ -90,6 +91,7 @@ def _train_options():
         click.option("--autoencoder/--no-autoencoder", default=None, help="Train to reproduce the inputs (outputs as wide as the inputs); the error column is the squared reconstruction error per image."),
         click.option("--comm", type=click.Choice(choices(Backend)), help="Backend (default auto: mpi under mpirun, else threads with --ranks > 1, else serial)."),
         click.option("--ranks", type=int, help="Number of thread ranks with --comm threads."),
+        click.option("--parallel", type=click.Choice(choices(Parallel)), help=f"How ranks share the work: data (each rank a shard of the data, the whole network) or model (each rank all the data, a slice of every layer's units) (default {r.parallel.value})."),
         click.option("--comm-timeout", type=float, help=f"Seconds a collective may wait before the job fails (default {r.comm_timeout:g})."),
         click.option("--metrics", type=click.Path(dir_okay=False), help="Write JSON lines: config, one per iteration, result."),
         click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save the full training state here."),
@@ -108,6 +110,7 @@ def _train_options():
         click.option("--negative-curvature", type=click.Choice(choices(NegativeCurvatureRule)), help="What an HF step does with negative curvature: off, scaled, curvilinear (default: the method's; scaled for newton-mr, else off)."),
         click.option("--damping-rule", type=click.Choice(choices(DampingRule)), help=f"lm, or indefinite: λ at least 1.5× the most negative curvature of the previous solve (default {t.damping_rule.value})."),
         click.option("--warm-start-source", type=click.Choice(choices(WarmStart)), help=f"Krylov start: the last iterate (Martens), the chosen direction (the paper) or zero (default {t.warm_start_source.value})."),
+        click.option("--preconditioner", type=click.Choice(choices(Preconditioner)), help=f"Krylov preconditioner: none, or martens (the empirical Fisher diagonal to the power 3/4; default {t.preconditioner.value})."),
         click.option("--init-scale", type=float, help=f"θ₀ = s × the initial parameters, for saddle studies (default {t.init_scale:g})."),
     ]
 
@@ -124,7 +127,7 @@ def _applicability():
 
     hf = ("iterations", "cg_max_iter", "cg_rtol", "progress_tol", "damping", "damping_min", "damping_max",
           "damping_increase", "damping_decrease", "rho_low", "rho_high", "warm_start", "backtracking", "negative_curvature", "damping_rule", "warm_start_source",
-          "armijo_c", "armijo_shrink", "max_line_search")
+          "preconditioner", "armijo_c", "armijo_shrink", "max_line_search")
     rules = {key: (lambda m: m.is_hessian_free, "a first-order method; it applies to the Hessian-free methods only") for key in hf}
     rules["iterations"] = (lambda m: m.is_hessian_free, "a first-order method, whose run length is --epochs")
     rules["epochs"] = (lambda m: not m.is_hessian_free, "a Hessian-free method, whose run length is --iterations")

@@ -224,8 +224,9 @@ class Progress(Callback):
         eval_name = {"validation": "validation", "none": "test"}.get(info.evaluation, "test")
         self.echo(f"{info.method} on {info.data}: {_thousands(info.n_train)} training samples, "
                   f"{_thousands(info.n_test)} {eval_name} samples")
+        layout = ", model-parallel" if info.parallel == "model" else ""
         self.echo(f"layers {'-'.join(map(str, info.layers))} ({_thousands(info.n_params)} parameters), "
-                  f"{info.ranks} rank{'s' if info.ranks != 1 else ''} ({backend})")
+                  f"{info.ranks} rank{'s' if info.ranks != 1 else ''} ({backend}{layout})")
         if info.start >= info.total:
             return
         text = legend(hf, self.solver)

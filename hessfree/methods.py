@@ -76,6 +76,15 @@ class WarmStart(enum.Enum):
     ZERO = "zero"  # always 0
 
 
+class Preconditioner(enum.Enum):
+    """The Krylov solve's preconditioner (HF methods)."""
+
+    NONE = "none"
+    #: Martens (2010): M = (diag F̂ + λ + μ)^¾ with F̂ the empirical Fisher matrix (the mean of
+    #: the per-sample squared gradients), computed in the gradient pass
+    MARTENS = "martens"
+
+
 class Update(enum.Enum):
     """First-order update rules (see ``hessfree.train.firstorder``)."""
 

@@ -159,7 +159,8 @@ def test_counts_are_frozen_snapshots_that_subtract():
     assert after.total == PhaseCounts(allreduce=1, allreduce_scalars=1, barrier=1, bytes=56)
     assert after.total.collectives == 3
     assert after.as_dict()["gradient"] == {
-        "allreduce": 1, "allreduce_scalars": 1, "bcast": 0, "barrier": 0, "bytes": 56, "collectives": 2,
+        "allreduce": 1, "allreduce_scalars": 1, "bcast": 0, "barrier": 0, "allgather": 0, "reduce_scatter": 0,
+        "bytes": 56, "collectives": 2,
     }
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         after.gradient = PhaseCounts()  # type: ignore[misc]

@@ -227,11 +227,16 @@ def test_model_parallel_paper_formula_versus_exact():
 
 
 def test_model_parallel_prediction_uses_exact_counts():
+    """What a model-parallel run issues (tests/test_model_parallel_counts.py meters it):
+    per update the exact exchange plus one scalar finiteness test; per epoch also the
+    evaluation's forward exchanges (L allgathers per chunk of the training and test rows)."""
     model = small_model()
     p = model.predict("sgd-mp", 100, 4)
     values, syncs = model_parallel_exact(model.layers, model.samples, 100)
-    assert p.collectives_per_epoch == syncs and p.bytes_per_epoch == values * 8
-    assert p.collectives_per_iteration == 2 * 2 - 1
+    updates, evaluation = 1000 // 100, 2 * 2  # 2 layers, one chunk of train and of test rows
+    assert p.collectives_per_epoch == syncs + updates + evaluation
+    assert p.bytes_per_epoch == values * 8 + 8 * updates + (1000 + 200) * (16 + 5) * 8
+    assert p.collectives_per_iteration == 2 * 2 - 1 + 1
 
 
 @pytest.mark.parametrize("kw", [dict(samples=0), dict(samples=-5), dict(test_samples=-1), dict(layers=(5,)),

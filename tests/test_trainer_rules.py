@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from hessfree.comm import SerialComm
+from hessfree.train.layout import DataParallel
 from hessfree.data import load_dataset
 from hessfree.data.dataset import Dataset
 from hessfree.models import MLP
@@ -130,6 +131,7 @@ class _Trainer(HessianFreeTrainer):
     def __init__(self, backtracking=True):
         self.config = TrainConfig(method="gn-cg", backtracking=backtracking)
         self.comm = SerialComm()
+        self.layout = DataParallel(self.comm, None)
         self.evaluated = []
 
     def objective(self, theta):

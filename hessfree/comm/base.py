@@ -3,22 +3,29 @@
 A :class:`Communicator` offers the handful of collectives data-parallel Hessian-free
 training needs (paper, Algorithm 2): a sum-allreduce of the gradient and of every
 curvature product, one small allreduce of a few scalars per line-search trial, a
-broadcast of the initial parameters, a barrier, and ``abort``.
+broadcast of the initial parameters, a barrier, and ``abort``; and the two that
+model-parallel training adds (``hessfree.models.sharded``): an allgather of each layer's
+activations and a reduce-scatter of each back-propagated error.
 
 The public methods live here, once: they validate their arguments, count the call in
 the :class:`Meter` and hand plain C-contiguous buffers to a backend's private
-``_allreduce`` / ``_bcast`` / ``_barrier``. Every backend is therefore metered and
+``_allreduce`` / ``_bcast`` / ``_barrier`` / ``_allgather`` / ``_reduce_scatter``. Every backend is therefore metered and
 validated identically, and a backend cannot forget to count.
 
 Metering semantics (exact and independent of the collective algorithm, so a cost model
 can predict the same numbers):
 
 * one *logical collective* is one call of ``allreduce``, ``allreduce_scalars``,
-  ``bcast`` or ``barrier``, whatever the backend does underneath (``MPIComm`` implements
-  one allreduce as a reduce plus a broadcast; it still counts once);
-* the *bytes* of a call are the payload each rank contributes: ``arr.nbytes`` for
-  ``allreduce`` and ``bcast`` (on every rank, root included), ``8·k`` for
-  ``allreduce_scalars`` of ``k`` values (sent as float64), 0 for ``barrier``;
+  ``bcast``, ``barrier``, ``allgather`` or ``reduce_scatter``, whatever the backend does
+  underneath (``MPIComm`` implements one allreduce as a reduce plus a broadcast; it
+  still counts once);
+* the *bytes* of a call are the size of the whole array the collective works on, the
+  same on every rank: ``arr.nbytes`` for ``allreduce`` and ``bcast`` (root included) and
+  for ``reduce_scatter`` (the array every rank contributes in full), ``out.nbytes`` for
+  ``allgather`` (the gathered array: every rank's block), ``8·k`` for
+  ``allreduce_scalars`` of ``k`` values (sent as float64), 0 for ``barrier``. For the
+  two model-parallel collectives this is the paper's count of values exchanged per layer
+  (b·d_l), whatever the split;
 * a call is counted when it is issued, under the phase current at that moment
   (``Phase.OTHER`` unless inside ``with comm.phase(...)``).
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
 import attrs
@@ -67,6 +74,8 @@ class Op(enum.Enum):
     ALLREDUCE_SCALARS = "allreduce_scalars"
     BCAST = "bcast"
     BARRIER = "barrier"
+    ALLGATHER = "allgather"
+    REDUCE_SCATTER = "reduce_scatter"
 
 
 #: the longest deadline a collective may be given (the clocks' waits overflow far above it)
@@ -91,12 +100,14 @@ class PhaseCounts:
     allreduce_scalars: int = _count
     bcast: int = _count
     barrier: int = _count
+    allgather: int = _count
+    reduce_scatter: int = _count
     bytes: int = _count
 
     @property
     def collectives(self) -> int:
         """All logical collectives of the phase."""
-        return self.allreduce + self.allreduce_scalars + self.bcast + self.barrier
+        return sum(getattr(self, op.value) for op in Op)
 
     def __add__(self, other: PhaseCounts) -> PhaseCounts:
         return PhaseCounts(**{f: getattr(self, f) + getattr(other, f) for f in _PHASE_FIELDS})
@@ -150,12 +161,28 @@ class CommCounts:
 
     @classmethod
     def from_dict(cls, data: dict) -> CommCounts:
-        """The inverse of :meth:`as_dict` (the derived ``collectives`` totals are ignored)."""
-        return cls(**{p.value: PhaseCounts(**{f: data[p.value][f] for f in _PHASE_FIELDS}) for p in Phase})
+        """The inverse of :meth:`as_dict` (the derived ``collectives`` totals are ignored;
+        kinds added later, :data:`LATER_KINDS`, count 0 where absent)."""
+        return cls(**{p.value: PhaseCounts(**{f: _stored(data[p.value], f) for f in _PHASE_FIELDS}) for p in Phase})
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         """Nested plain dict ``{phase: {kind: count, "bytes": n, "collectives": n}}``."""
         return {p.value: self[p].as_dict() for p in Phase}
+
+
+#: collective kinds added after counts were first stored (checkpoints, metrics): a stored
+#: count without them predates them, so it holds none
+LATER_KINDS = (Op.ALLGATHER.value, Op.REDUCE_SCATTER.value)
+
+
+def _stored(row: dict, field: str) -> int:
+    return row.get(field, 0) if field in LATER_KINDS else row[field]
+
+
+def with_later_kinds(counts: dict) -> dict:
+    """A stored ``CommCounts.as_dict()`` with :data:`LATER_KINDS` filled in as 0 where it
+    predates them (a checkpoint written before model parallelism); other keys as they are."""
+    return {phase: {**{k: 0 for k in LATER_KINDS}, **row} if isinstance(row, dict) else row for phase, row in counts.items()}
 
 
 class Meter:
@@ -346,6 +373,59 @@ class Communicator(ABC):
         self._bcast(arr, int(root), self._describe(Op.BCAST))
         return arr
 
+    def allgather(self, block: np.ndarray, out: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """Every rank's ``block``, flattened and in rank order, into ``out`` on every rank.
+
+        ``counts[r]`` is the number of elements rank r contributes (the same sequence on
+        every rank; ranks may contribute different counts, e.g. uneven layer splits):
+        ``block.size == counts[rank]`` and ``out.size == sum(counts)``, one dtype, ``out``
+        C-contiguous, writable and not overlapping ``block``. Rank r's elements land at
+        ``out.flat[sum(counts[:r]) : sum(counts[:r + 1])]``; every rank receives bitwise the
+        same array. Returns ``out``.
+        """
+        send, flat, counts = self._check_blocks("allgather", block, out, counts, block_is_input=True)
+        self._meter.record(Op.ALLGATHER, out.nbytes)
+        self._allgather(send, flat, counts, self._describe(Op.ALLGATHER))
+        return out
+
+    def reduce_scatter(self, arr: np.ndarray, out: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """Sum ``arr`` over ranks; rank r receives block r of the flattened sum in ``out``.
+
+        ``counts[r]`` is the length of rank r's block (the same sequence on every rank):
+        ``arr.size == sum(counts)`` and ``out.size == counts[rank]``, one dtype, ``out``
+        C-contiguous, writable and not overlapping ``arr``. Each block is the sum of the
+        ranks' arrays in the backend's order (rank order for serial and threads). Returns
+        ``out``.
+        """
+        send, flat, counts = self._check_blocks("reduce_scatter", out, arr, counts, block_is_input=False)
+        self._meter.record(Op.REDUCE_SCATTER, arr.nbytes)
+        self._reduce_scatter(send, flat, counts, self._describe(Op.REDUCE_SCATTER))
+        return out
+
+    def _check_blocks(self, name: str, block: object, whole: object, counts, *, block_is_input: bool):
+        """(send, receive, counts) of a block collective: the flat C-contiguous input, the
+        flat output view and the counts as a tuple of ints, after every check."""
+        block = _check_array(block, f"{name} {'input' if block_is_input else 'out'}")
+        whole = _check_array(whole, f"{name} {'out' if block_is_input else 'input'}")
+        if block.dtype != whole.dtype:
+            raise InputError(f"{name}: the block has dtype {block.dtype}, the whole array {whole.dtype}")
+        try:
+            counts = tuple(int(c) for c in counts)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} counts must be a sequence of {self.size} element counts, got {counts!r}") from None
+        if len(counts) != self.size or min(counts, default=0) < 0:
+            raise InputError(f"{name} counts must be {self.size} non-negative element counts (one per rank), got {list(counts)}")
+        if block.size != counts[self.rank] or whole.size != sum(counts):
+            raise InputError(
+                f"{name}: rank {self.rank}'s block has {block.size} elements (counts say {counts[self.rank]}) and the "
+                f"whole array {whole.size} (counts sum to {sum(counts)})"
+            )
+        out, send = (whole, block) if block_is_input else (block, whole)
+        _check_writable_buffer(out, f"{name} out")
+        if np.may_share_memory(send, out) or not send.flags.c_contiguous:
+            send = send.copy(order="C")
+        return send.reshape(-1), out.reshape(-1), counts
+
     def barrier(self) -> None:
         """Return once every rank has called ``barrier``."""
         self._meter.record(Op.BARRIER, 0)
@@ -367,6 +447,14 @@ class Communicator(ABC):
     @abstractmethod
     def _barrier(self, what: str) -> None:
         """Synchronize all ranks."""
+
+    @abstractmethod
+    def _allgather(self, send: np.ndarray, out: np.ndarray, counts: tuple[int, ...], what: str) -> None:
+        """Concatenate every rank's flat ``send`` (``counts[r]`` elements) into the flat ``out``."""
+
+    @abstractmethod
+    def _reduce_scatter(self, send: np.ndarray, out: np.ndarray, counts: tuple[int, ...], what: str) -> None:
+        """Sum the flat ``send`` over ranks; block ``rank`` of the sum into the flat ``out``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, timeout={self.timeout})"

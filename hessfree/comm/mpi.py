@@ -10,7 +10,9 @@ floating-point data gives every rank the same bits (an implementation may sum in
 different order on different ranks, e.g. in a ring or recursive-halving algorithm). So
 an allreduce here is a reduce to rank 0 followed by a broadcast of rank 0's bytes:
 every rank ends up with exactly the same array, at the price of a second step. It is
-still counted as one logical allreduce.
+still counted as one logical allreduce. The model-parallel collectives are MPI's own
+(``Iallgatherv``, ``Ireduce_scatter``): a gather copies bytes, so every rank receives the
+same ones, and each block of a reduce-scatter lives on one rank only.
 
 Deadline. Each collective is started in its non-blocking form (``Ireduce``, ``Ibcast``,
 ``Ibarrier``) and ``Request.Test()`` is polled until it completes or ``timeout`` seconds
@@ -147,3 +149,14 @@ class MPIComm(Communicator):
     def _barrier(self, what: str) -> None:
         deadline = self._check_usable(what)
         self._complete(self._comm.Ibarrier(), (), what, deadline)
+
+    def _allgather(self, send: np.ndarray, out: np.ndarray, counts: tuple[int, ...], what: str) -> None:
+        deadline = self._check_usable(what)
+        displacements = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(int).tolist()
+        request = self._comm.Iallgatherv(send, [out, (list(counts), displacements)])
+        self._complete(request, (send, out), what, deadline)
+
+    def _reduce_scatter(self, send: np.ndarray, out: np.ndarray, counts: tuple[int, ...], what: str) -> None:
+        deadline = self._check_usable(what)
+        request = self._comm.Ireduce_scatter(send, out, list(counts), op=self._mpi.SUM)
+        self._complete(request, (send, out), what, deadline)

@@ -141,3 +141,13 @@ class SimulatedComm(Communicator):
         self._synchronize(Op.BARRIER, 0)
         self._inner._barrier(what)
         self._restart()
+
+    def _allgather(self, send: np.ndarray, out: np.ndarray, counts: tuple[int, ...], what: str) -> None:
+        self._synchronize(Op.ALLGATHER, out.nbytes)
+        self._inner._allgather(send, out, counts, what)
+        self._restart()
+
+    def _reduce_scatter(self, send: np.ndarray, out: np.ndarray, counts: tuple[int, ...], what: str) -> None:
+        self._synchronize(Op.REDUCE_SCATTER, send.nbytes)
+        self._inner._reduce_scatter(send, out, counts, what)
+        self._restart()

@@ -7,7 +7,8 @@ and Hessian-free training, checked against the metered counts of real runs.
     for row in model.table(["bicgstab"], [4096], [1, 8, 32]):
         print(row.nodes, row.time_per_iteration_s, row.speedup)
 
-See the README's section "Cost model and simulated clusters".
+See the README's sections "Cost model and simulated clusters" and "Model parallelism"
+(``hessfree.cost.layouts``: data-, model- or 2-D splits of the nodes).
 """
 
 from hessfree.cost.calibrate import Calibration, calibrate, default_path
@@ -20,12 +21,15 @@ from hessfree.cost.model import (
     model_parallel_exact,
     model_parallel_paper,
 )
+from hessfree.cost.layouts import Layout, LayoutPrediction, layout_table, predict_layout
 from hessfree.cost.network import Collective, Network
 from hessfree.cost.presets import INTERCONNECTS, NETWORK_PRESETS, interconnect, network_preset, paper_node
 from hessfree.cost.simulate import collective_cost, run_simulated, simulated_comm
 
 __all__ = [
     "INTERCONNECTS",
+    "Layout",
+    "LayoutPrediction",
     "NETWORK_PRESETS",
     "Blocks",
     "Calibration",
@@ -44,11 +48,13 @@ __all__ = [
     "gemm_flops",
     "gemm_plan",
     "interconnect",
+    "layout_table",
     "model_parallel_exact",
     "model_parallel_paper",
     "n_params",
     "network_preset",
     "paper_node",
+    "predict_layout",
     "run_simulated",
     "simulated_comm",
 ]

@@ -23,15 +23,28 @@ so :meth:`CostModel.hf_counts` / :meth:`CostModel.sgd_counts` equal the metering
 layer's counts of real runs (tested for every method, backend and P ∈ {1, 2, 3}).
 
 Model-parallel SGD (the weights of each layer split by output unit over P nodes; every
-node sees the whole mini-batch): per mini-batch the forward pass all-gathers each layer's
-activations, b·d_i values for i = 1..L (the output too: the softmax needs whole rows),
-and the backward pass sums the partial products δ_l·W_lᵀ over nodes, b·d_i values for
-i = 1..L−1 (δ_L is computed from the gathered outputs, so nothing is exchanged for it).
-Exactly, per epoch of ⌊n/b⌋ mini-batches: ⌊n/b⌋·b·(2·Σ_{i<L} d_i + d_L) values and
-⌊n/b⌋·(2L − 1) synchronizations. The paper prints ≈ 2·n·Σ_{i≤L} d_i values and
-2·L·n/b synchronizations: it also counts a backward exchange at the output layer
-(n·d_L values and n/b synchronizations more) and does not round n/b down
-(:func:`model_parallel_paper` and :func:`model_parallel_exact`).
+node sees the whole mini-batch; ``hessfree train --parallel model``): per mini-batch the
+forward pass all-gathers each layer's activations, b·d_i values for i = 1..L (the output
+too: the softmax needs whole rows), and the backward pass sums the partial products
+δ_l·W_lᵀ over nodes with a reduce-scatter, b·d_i values for i = 1..L−1 (δ_L is computed
+from the gathered outputs, so nothing is exchanged for it). Exactly, per epoch of ⌊n/b⌋
+mini-batches: ⌊n/b⌋·b·(2·Σ_{i<L} d_i + d_L) values and ⌊n/b⌋·(2L − 1) synchronizations
+(:func:`model_parallel_exact`). The trainer adds one scalar allreduce per mini-batch
+(whether the sharded gradient is finite, so that every node skips a bad update alike):
+2L collectives per mini-batch, which :meth:`CostModel.sgd_mp_counts` counts by kind and
+phase together with the end-of-epoch evaluation (L allgathers per chunk of rows), and
+which equal the metered counts of real runs. The paper prints ≈ 2·n·Σ_{i≤L} d_i values
+and 2·L·n/b synchronizations (:func:`model_parallel_paper`): it also counts a backward
+exchange at the output layer (n·d_L values and n/b synchronizations more), has no
+finiteness test, and does not round n/b down; its synchronizations equal hessfree's
+2L·⌊n/b⌋ whenever b divides n.
+
+Model-parallel HF (:meth:`CostModel.hf_mp_counts`): no gradient or product allreduce;
+every pass over rows exchanges as above (a gradient pass L allgathers and L − 1
+reduce-scatters per chunk, a forward pass L allgathers, a curvature product L and L − 1,
+the exact Hessian's δ_l once per solve L − 1), and every inner product of the Krylov
+solver and of the step's bookkeeping is one scalar allreduce (the vectors are sharded).
+The 2-D what-if (data groups × model slices) is :mod:`hessfree.cost.layouts`.
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-from hessfree.comm.base import CommCounts, PhaseCounts
+from hessfree.comm.base import CommCounts, Phase, PhaseCounts
 from hessfree.cost._checks import count
 from hessfree.cost.compute import NodeSpec, Work, check_layers, n_params
 from hessfree.cost.network import Collective, Network
@@ -210,6 +223,62 @@ class CostModel:
             other=PhaseCounts(allreduce_scalars=e, bytes=24 * e),
         )
 
+    # ------------------------------------------------------------------ model-parallel counts
+    def chunks(self, rows: int) -> int:
+        """Chunks a model pass over ``rows`` rows runs in (the node's ``chunk_rows``, the
+        model's ``chunk_size``): each one exchanges every layer once."""
+        return -(-max(0, int(rows)) // self.node.chunk_rows)
+
+    def _exchange(self, rows: int, gathers: bool = True, scatters: bool = True, times: int = 1) -> PhaseCounts:
+        """``times`` model-parallel passes over ``rows`` rows: per chunk L allgathers (b·d_l
+        values each, l = 1..L) and, for a backward pass, L − 1 reduce-scatters (l < L)."""
+        d, s, c = self.layers, self.itemsize, times * self.chunks(rows)
+        L = len(d) - 1
+        g = PhaseCounts(allgather=c * L, bytes=times * rows * sum(d[1:]) * s) if gathers else PhaseCounts()
+        r = PhaseCounts(reduce_scatter=c * (L - 1), bytes=times * rows * sum(d[1:L]) * s) if scatters else PhaseCounts()
+        return g + r
+
+    @staticmethod
+    def _scalars(k: int) -> PhaseCounts:
+        return PhaseCounts(allreduce_scalars=k, bytes=8 * k)
+
+    def sgd_mp_counts(self, batch: int, updates: int, evaluations: int = 0, *, weight_decay: bool = False) -> CommCounts:
+        """The collectives of ``updates`` model-parallel SGD updates on mini-batches of
+        ``batch`` rows (gradient phase: a forward and backward exchange and one scalar
+        finiteness test each) and of ``evaluations`` end-of-epoch evaluations (phase other:
+        forward exchanges over the training and test rows, and with ``weight_decay`` the
+        objective's ‖θ‖², one scalar allreduce)."""
+        b = min(count("batch", batch), self.samples)
+        u, e = count("updates", updates, 0), count("evaluations", evaluations, 0)
+        gradient = self._exchange(b, times=u) + self._scalars(u)
+        other = self._exchange(self.samples, scatters=False, times=e) + self._exchange(self.test_samples, scatters=False, times=e)
+        other = other + self._scalars(e if weight_decay else 0)
+        return CommCounts(gradient=gradient, other=other)
+
+    def hf_mp_counts(self, batch: int, curvature_products: int, line_search_evals: int, *, exact: bool,
+                     inner_products: dict | None = None) -> CommCounts:
+        """The collectives of one model-parallel HF iteration with this curvature batch,
+        products (of the exact Hessian when ``exact``) and objective evaluations.
+
+        ``inner_products`` maps phase names to the inner products taken there (each one
+        scalar allreduce: the solver's, the step's bookkeeping; see
+        ``hessfree.cost.layouts.INNER_PRODUCTS_PER_STEP`` for the solvers' rates). The finiteness test of the
+        gradient is one more scalar allreduce (phase other).
+        """
+        b = min(count("batch", batch), self.samples)
+        q, L = count("curvature_products", curvature_products, 0), count("line_search_evals", line_search_evals, 0)
+        dots = {p.value: 0 for p in Phase}
+        dots.update(inner_products or {})
+        curvature = self._exchange(b, scatters=False) + self._exchange(b, times=q)
+        if exact and q:
+            curvature = curvature + self._exchange(b, gathers=False)
+        return CommCounts(
+            gradient=self._exchange(self.samples) + self._scalars(dots["gradient"]),
+            curvature=curvature + self._scalars(dots["curvature"]),
+            line_search=self._exchange(self.samples, scatters=False, times=L) + self._scalars(dots["line_search"]),
+            other=self._exchange(self.test_samples, scatters=False) + self._scalars(1 + dots["other"]),
+        )
+
     def updates_per_epoch(self, batch: int) -> int:
         return max(1, self.samples // min(count("batch", batch), self.samples))
 
@@ -305,26 +374,10 @@ class CostModel:
         )
 
     def _predict_model_parallel(self, b: int, P: int) -> Prediction:
-        """Compute split P ways (GEMMs narrowed by P, efficiency still at b rows)."""
-        d, s, n = self.layers, self.itemsize, self.samples
-        L = len(d) - 1
-        compute = self.node.time(self.layers, b, Work.GRADIENT) / P
-        gathers = sum(self.network.allgather(P, b * d[i] * s) for i in range(1, L + 1))
-        reduces = sum(self._allreduce(P, b * d[i] * s) for i in range(1, L))
-        comm = gathers + reduces
-        values, syncs = model_parallel_exact(d, n, b)
-        U = self.updates_per_epoch(b)
-        eval_compute, eval_comm = self._epoch_evaluation(1)
-        total = compute + comm
-        return Prediction(
-            method=CostMethod.SGD_MODEL_PARALLEL.value, batch=b, nodes=P,
-            time_gradient_s=total, time_solve_s=0.0, time_line_search_s=0.0, time_other_s=0.0,
-            time_per_iteration_s=total, compute_s=compute, communication_s=comm,
-            collectives_per_iteration=(2 * L - 1) if P > 1 else 0,
-            bytes_per_iteration=(values // U) * s if P > 1 else 0,
-            epochs_per_iteration=b / n, time_per_epoch_s=U * total + eval_compute / P + eval_comm,
-            collectives_per_epoch=syncs if P > 1 else 0, bytes_per_epoch=values * s if P > 1 else 0,
-        )
+        """SGD on one group of P model slices (:mod:`hessfree.cost.layouts`)."""
+        from hessfree.cost.layouts import Layout, predict_layout
+
+        return predict_layout(self, CostMethod.SGD_MODEL_PARALLEL, b, Layout(data=1, model=P))
 
     def table(
         self,

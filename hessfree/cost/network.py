@@ -8,6 +8,8 @@ inverse bandwidth, seconds per byte). For P ranks each holding m bytes
 ring allreduce         2(P−1)·α + 2·((P−1)/P)·m·β   (reduce-scatter + allgather)
 recursive doubling     ⌈log₂P⌉·(α + m·β)            (every round ships the whole vector)
 tree (reduce + bcast)  2⌈log₂P⌉·(α + m·β)           (binomial reduce to a root, then bcast)
+ring allgather         (P−1)·α + ((P−1)/P)·m·β      (m the gathered bytes)
+ring reduce-scatter    (P−1)·α + ((P−1)/P)·m·β      (m the reduced bytes)
 =====================  =================================================
 
 A single rank communicates nothing: every formula is 0 at P = 1. At P = 2 ring and
@@ -92,6 +94,11 @@ class Network:
         if P == 1:
             return 0.0
         return (P - 1) * self.latency + (P - 1) / P * m * self.inverse_bandwidth
+
+    def reduce_scatter(self, size: int, nbytes_total: float) -> float:
+        """Ring reduce-scatter of ``nbytes_total`` bytes (each rank keeps the sum of 1/P):
+        (P−1)α + ((P−1)/P)·m·β, the first half of a ring allreduce."""
+        return self.allgather(size, nbytes_total)
 
 
 def _bytes(nbytes: float) -> float:

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 def collective_cost(network: Network, collective: Collective = Collective.RING) -> Callable[[Op, int, int], float]:
     """The cost function of a SimulatedComm: allreduces by ``collective``, bcast and
-    barrier by the binomial tree."""
+    barrier by the binomial tree, allgather and reduce-scatter by the ring."""
     collective = Collective(collective)
 
     def cost(op: Op, nbytes: int, size: int) -> float:
@@ -36,6 +36,10 @@ def collective_cost(network: Network, collective: Collective = Collective.RING) 
             return network.allreduce(size, nbytes, collective)
         if op is Op.BCAST:
             return network.bcast(size, nbytes)
+        if op is Op.ALLGATHER:
+            return network.allgather(size, nbytes)
+        if op is Op.REDUCE_SCATTER:
+            return network.reduce_scatter(size, nbytes)
         return network.barrier(size)
 
     return cost

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from hessfree.errors import ConfigError
+
 
 class Model(ABC):
     """A differentiable model on a flat parameter vector θ.
@@ -61,6 +63,12 @@ class Model(ABC):
     @abstractmethod
     def loss_grad(self, theta, X, y=None) -> tuple[float, np.ndarray]:
         """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ) over the batch; the gradient is a new (n_params,) vector of :attr:`dtype`."""
+
+    def loss_grad_squares(self, theta, X, y=None) -> tuple[float, np.ndarray, np.ndarray]:
+        """(Σᵢ ℓᵢ, Σᵢ ∇ℓᵢ, Σᵢ ∇ℓᵢ⊙∇ℓᵢ): the gradient and the empirical Fisher diagonal
+        (for Martens' preconditioner). Models that cannot compute it refuse the option."""
+        raise ConfigError(f"preconditioner: {type(self).__name__} does not compute the per-sample squared "
+                          "gradients it needs; expected preconditioner 'none'")
 
     @abstractmethod
     def loss(self, theta, X, y=None) -> float:

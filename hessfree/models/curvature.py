@@ -96,14 +96,7 @@ class ForwardCache:
 
     @quiet_float_errors
     def __init__(self, model: DenseNet, theta, batch: Batch, recycle: ForwardCache | None = None):
-        pool = recycle._release() if recycle is not None else Pool()
-        self._released = False
-        self.model = model
-        self._k = model.kernels
-        self.theta = model.check_vector(theta, "theta").copy()
-        self.weights = model.unflatten(self.theta)
-        self.n = batch.n
-        self.loss_sum = 0.0
+        pool = self._begin(model, theta, batch, recycle)
         L = model.n_layers
         rows = min(max(batch.n, 1), model.chunk_size)
         self.chunks: list[_Chunk] = []
@@ -127,11 +120,30 @@ class ForwardCache:
         self._scratch = model.unflatten(np.empty(model.n_params, dtype=model.dtype))  # one per cache, not per product
         self._pool = pool  # what is left of a recycled cache: the δ_l buffers, if any
 
+    def _begin(self, model: DenseNet, theta, batch: Batch, recycle: ForwardCache | None) -> Pool:
+        """The cache's identity (model, a copy of θ and its weight views, the batch size, a
+        zero loss sum); the pool of ``recycle``'s buffers, or an empty one."""
+        pool = recycle._release() if recycle is not None else Pool()
+        self._released = False
+        self.model = model
+        self._k = model.kernels
+        self.theta = model.check_vector(theta, "theta").copy()
+        self.weights = model.unflatten(self.theta)
+        self.n = batch.n
+        self.loss_sum = 0.0
+        return pool
+
     def _release(self) -> Pool:
         """Hand every buffer to a new cache; this cache refuses products from now on."""
         if self._released:
             raise InputError("recycle: this forward cache was already recycled")
         self._released = True
+        arrays = self._buffers()
+        self.chunks = []
+        return Pool(arrays)
+
+    def _buffers(self) -> list[np.ndarray]:
+        """Every reusable buffer of this cache."""
         arrays = []
         for ch in self.chunks:
             arrays += ch.acts[1:] + [ch.delta_out, ch.scale]
@@ -139,24 +151,32 @@ class ForwardCache:
                 arrays += [d for d in ch.deltas[1:-1]]
         for group in (self._rz, self._ra):
             arrays += group[1:]
-        arrays += self._g1 + [self._g2]
-        self.chunks = []
-        return Pool(arrays)
+        return arrays + self._g1 + [self._g2]
 
     @quiet_float_errors
     def _ensure_deltas(self) -> None:
         """δ_l for every hidden layer (the exact Hessian needs them; computed once)."""
-        model, codes, L = self.model, self.model.activation_codes, self.model.n_layers
+        codes, L = self.model.activation_codes, self.model.n_layers
         for ch in self.chunks:
             if ch.deltas is not None:
                 continue
             deltas = [None] * (L + 1)
             deltas[L] = ch.delta_out
             for l in range(L, 1, -1):
-                d = np.matmul(deltas[l], self.weights[l - 1][0].T, out=self._pool.empty((ch.batch.n, model.layers[l - 1]), model.dtype))
-                self._k.backprop_activation(d, ch.acts[l - 1], codes[l - 2], self._colsum[l - 1])
+                d = self._error_below(l, ch.batch.n, deltas[l])
+                self._k.backprop_activation(d, self._own(ch)[l - 1], codes[l - 2], self._colsum[l - 1])
                 deltas[l - 1] = d
             ch.deltas = deltas
+
+    def _error_below(self, l: int, n: int, delta: np.ndarray) -> np.ndarray:
+        """δ_l·W_lᵀ, the back-propagated error of layer l − 1 (a buffer of the pool)."""
+        out = self._pool.empty((n, self.model.layers[l - 1]), self.model.dtype)
+        return np.matmul(delta, self.weights[l - 1][0].T, out=out)
+
+    @staticmethod
+    def _own(ch: _Chunk) -> list:
+        """The activations the elementwise kernels of a chunk work on (all of them here)."""
+        return ch.acts
 
     def _g1_view(self, l: int, n: int) -> np.ndarray:
         """The buffer for R(δ_l) (layers alternate between the two)."""
@@ -187,7 +207,6 @@ class ForwardCache:
         if self._released:
             raise InputError("this forward cache was recycled by a newer one; compute a new forward pass")
         model = self.model
-        L, codes = model.n_layers, model.activation_codes
         V = model.unflatten(v)
         if out is None:
             out = np.empty(model.n_params, dtype=model.dtype)
@@ -197,34 +216,51 @@ class ForwardCache:
             self._ensure_deltas()
         acc = Accumulator(model.unflatten(out), self._scratch, self._k.add_into)
         for c, ch in enumerate(self.chunks):
-            n = ch.batch.n
-            rz, ra = self._r_forward(ch, V, n)
-            # R(δ_L) = H_L·R(z_L)
-            g1 = self._g1_view(L, n)
-            self._k.loss_hessian_product(ch.acts[L], rz[L], ch.scale, model.loss_kind.code, g1, acc.bias_slot(L, c))
-            acc.bias_done(L, c)
-            for l in range(L, 0, -1):
-                acc.gemm(l, c, ch.acts[l - 1].T, g1)  # a_{l−1}ᵀ·R(δ_l)
-                if exact and l > 1:
-                    acc.gemm(l, c, ra[l - 1].T, ch.deltas[l])  # R(a_{l−1})ᵀ·δ_l
-                if l == 1:
-                    break
-                W = self.weights[l - 1][0]
-                below = self._g1_view(l - 1, n)
-                np.matmul(g1, W.T, out=below)
-                if exact:
-                    g2 = rows_view(self._g2, n, model.layers[l - 1])
-                    np.matmul(ch.deltas[l], V[l - 1][0].T, out=g2)
-                    self._k.r_backprop_activation(
-                        below, g2, ch.deltas[l - 1], ch.acts[l - 1], rz[l - 1], codes[l - 2], acc.bias_slot(l - 1, c)
-                    )
-                else:
-                    self._k.backprop_activation(below, ch.acts[l - 1], codes[l - 2], acc.bias_slot(l - 1, c))
-                acc.bias_done(l - 1, c)
-                g1 = below
+            self._chunk_product(acc, c, ch, V, exact)
         if not self.chunks:
             out[:] = 0.0
         return out
+
+    def _chunk_product(self, acc: Accumulator, c: int, ch: _Chunk, V, exact: bool) -> None:
+        """Add chunk ``c``'s Gv (or Hv) into the accumulator: the R-forward pass, R(δ_L),
+        then layer by layer the weight products and the R-backward pass."""
+        L, codes = self.model.n_layers, self.model.activation_codes
+        n = ch.batch.n
+        own = self._own(ch)
+        rz, ra = self._r_forward(ch, V, n)
+        g1 = self._output_r_delta(ch, rz, ra, n, acc, c)
+        for l in range(L, 0, -1):
+            acc.gemm(l, c, ch.acts[l - 1].T, g1)  # a_{l−1}ᵀ·R(δ_l)
+            if exact and l > 1:
+                acc.gemm(l, c, ra[l - 1].T, ch.deltas[l])  # R(a_{l−1})ᵀ·δ_l
+            if l == 1:
+                break
+            below, g2 = self._r_back(l, n, g1, ch, V, exact)
+            bias = acc.bias_slot(l - 1, c)
+            if exact:
+                self._k.r_backprop_activation(below, g2, ch.deltas[l - 1], own[l - 1], rz[l - 1], codes[l - 2], bias)
+            else:
+                self._k.backprop_activation(below, own[l - 1], codes[l - 2], bias)
+            acc.bias_done(l - 1, c)
+            g1 = below
+
+    def _output_r_delta(self, ch: _Chunk, rz: list, ra: list, n: int, acc: Accumulator, c: int) -> np.ndarray:
+        """R(δ_L) = H_L·R(z_L), its column sums into the output bias slot."""
+        L = self.model.n_layers
+        g1 = self._g1_view(L, n)
+        self._k.loss_hessian_product(ch.acts[L], rz[L], ch.scale, self.model.loss_kind.code, g1, acc.bias_slot(L, c))
+        acc.bias_done(L, c)
+        return g1
+
+    def _r_back(self, l: int, n: int, g1: np.ndarray, ch: _Chunk, V, exact: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(R(δ_l)·W_lᵀ, δ_l·V_lᵀ or None): the two back-propagated terms of layer l − 1."""
+        below = self._g1_view(l - 1, n)
+        np.matmul(g1, self.weights[l - 1][0].T, out=below)
+        if not exact:
+            return below, None
+        g2 = rows_view(self._g2, n, self.model.layers[l - 1])
+        np.matmul(ch.deltas[l], V[l - 1][0].T, out=g2)
+        return below, g2
 
     def gv(self, v, out=None) -> np.ndarray:
         """Σᵢ Jᵢᵀ H_L,ᵢ Jᵢ v over the batch (Gauss-Newton; positive semi-definite)."""

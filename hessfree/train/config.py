@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from hessfree.errors import ConfigError
-from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, WarmStart
+from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, Preconditioner, WarmStart
 from hessfree.validate import bool_field, config, enum_field, int_field, real_field
 
-__all__ = ["DampingRule", "Method", "NegativeCurvatureRule", "TrainConfig", "WarmStart"]
+__all__ = ["DampingRule", "Method", "NegativeCurvatureRule", "Preconditioner", "TrainConfig", "WarmStart"]
 
 
 @config
@@ -28,6 +28,8 @@ class TrainConfig:
     most negative curvature of the previous solve), ``warm_start_source`` (the raw last
     iterate as Martens, the chosen direction as the paper's Algorithm 2, or zero) and
     ``init_scale`` s (θ₀ = s × the model's initial parameters, for saddle studies).
+    ``preconditioner`` (none, or martens: the diagonal (F̂ + λ + μ)^¾ of Martens (2010),
+    F̂ the empirical Fisher diagonal from the gradient pass; README, "Speed to accuracy").
     """
 
     method: Method = enum_field(Method, Method.GN_CG)  # the best HF method in the fig1 experiment
@@ -61,6 +63,7 @@ class TrainConfig:
     weight_decay: float = real_field(0.0, low=0)
     seed: int = int_field(0, minimum=0)
     init_scale: float = real_field(1.0, low=0)  # θ₀ = init_scale × the model's initial parameters
+    preconditioner: Preconditioner = enum_field(Preconditioner, Preconditioner.NONE)
 
     @property
     def global_batch(self) -> int:

@@ -1,4 +1,4 @@
-"""First-order baselines (SGD, momentum SGD, Adam, AdamW), data-parallel on the same communicator.
+"""First-order baselines (SGD, momentum SGD, Adam, AdamW), data- or model-parallel on the same communicator.
 
 Each update takes the next b samples of a per-epoch permutation of the *global* indices
 (``SeedSequence([seed, epoch])``, the same for any number of ranks); every rank computes
@@ -15,7 +15,10 @@ the ones in its shard; **one** allreduce of [Σ∇ℓ, Σℓ]; then
           i.e. θₜ = θₜ₋₁ − η·(m̂ / (√v̂ + ε) + wd·θₜ₋₁), the decay from the pre-step θ
 
 An epoch is ⌊n/b⌋ updates (the same count on every rank). A non-finite reduced gradient
-skips the update on every rank alike: θ, the moments and Adam's t stay as they were. One
+skips the update on every rank alike: θ, the moments and Adam's t stay as they were.
+Model-parallel (``hessfree.train.layout``): every rank takes all b samples through its
+slice of the network, no gradient allreduce, the update on its shard only; whether the
+gradient is finite is then one scalar allreduce, so that every rank skips alike. One
 record per epoch, ``iteration`` counting updates (skipped ones included). The reported
 objective is the same for every method, mean loss + ½·wd·‖θ‖² (AdamW too, although its
 decay is not the gradient of that term).
@@ -82,9 +85,10 @@ class FirstOrderTrainer(Trainer):
         weight-decay term μθ, except for AdamW (decoupled decay)."""
         X, y = self.local_rows(indices)
         loss, grad = self.model.loss_grad(theta, X, y)
-        if self.rule is Update.ADAMW:
-            return self.mean_gradient(loss, grad, self.batch_size)
-        return self.reduced_gradient(loss, grad, self.batch_size, theta)[1]
+        g = self.mean_gradient(loss, grad, self.batch_size)
+        if self.rule is not Update.ADAMW and self.config.weight_decay:
+            g = g + self.config.weight_decay * theta  # (no objective: its ‖θ‖² would cost a collective when sharded)
+        return g
 
     def mean_gradient(self, loss_sum: float, grad_sum: np.ndarray, count: int) -> np.ndarray:
         """Σ∇ℓ/count over all ranks, without the weight-decay term: the same **one**
@@ -92,14 +96,14 @@ class FirstOrderTrainer(Trainer):
         buf = self._reduce_buffer
         buf[:-1] = grad_sum
         buf[-1] = loss_sum
-        self.comm.allreduce(buf, out=buf)
+        self.layout.reduce(buf)
         return buf[:-1] / count
 
     def evaluate(self, theta: np.ndarray) -> tuple[float, float, float | None]:
         """(objective, train error, test error): one scalar allreduce (phase OTHER)."""
         loss, wrong = self.model.evaluate(theta, self.train)
         test_wrong = self.model.evaluate(theta, self.test)[1] if self.test is not None and self.test.n else 0
-        total = self.comm.allreduce_scalars(loss, wrong, test_wrong)
+        total = self.layout.sum_scalars(loss, wrong, test_wrong)
         test = total[2] / self.n_test if self.test is not None and self.n_test else None
         return self.regularised(total[0] / self.n_train, theta), float(total[1] / self.n_train), test
 
@@ -149,7 +153,7 @@ class FirstOrderTrainer(Trainer):
         with self.comm.phase(Phase.GRADIENT):
             for u in range(self.updates_per_epoch):
                 g = self.gradient(theta, perm[u * b : (u + 1) * b])
-                if not np.all(np.isfinite(g)):
+                if not self.layout.all_finite(g):
                     rejected += 1
                     if rejected >= self.config.max_rejected:
                         break

@@ -12,8 +12,8 @@
 ``fit`` compiles the kernels before the first timed phase, resumes from a checkpoint if
 asked, runs the method's steps, writes checkpoints, keeps the simulated cluster clock,
 turns divergence into a result (never an exit), and calls the callbacks with every
-record. It never prints. A checkpoint continues on any rank count and backend (the state
-does not depend on them); ``RunInfo.resume_note`` says when they changed. With
+record. It never prints. A checkpoint continues on any rank count, backend and layout
+(the state does not depend on them; its vectors are stored whole); ``RunInfo.resume_note`` says when they changed. With
 ``save_model`` rank 0 writes the trained network to a model file (``hessfree.modelfile``)
 at the end. On several ranks every rank calls ``fit`` with its own
 communicator and data shard (see :func:`hessfree.train.run.run` for a whole run from a
@@ -37,6 +37,7 @@ import numpy as np
 from hessfree import checkpoint
 from hessfree.atomic import check_writable, remove_stale_temporaries
 from hessfree.comm import Communicator, SerialComm, warm_numba_cache
+from hessfree.comm.base import with_later_kinds
 from hessfree.data.dataset import Dataset
 from hessfree.errors import ConfigError, DivergedError, HessfreeError
 from hessfree.methods import Family
@@ -44,6 +45,7 @@ from hessfree.models.base import Model
 from hessfree.train.config import TrainConfig
 from hessfree.train.firstorder import FirstOrderTrainer
 from hessfree.train.hf import HessianFreeTrainer
+from hessfree.train.layout import bind
 from hessfree.train.records import IterationRecord
 from hessfree.train.trainer import Trainer, TrainState
 from hessfree.validate import config, int_field, real_field
@@ -86,6 +88,8 @@ class RunInfo:
     evaluation: str = "test"
     #: an autoencoder run: the errors are squared reconstruction errors per sample
     reconstruct: bool = False
+    #: how the ranks share the work: "data" or "model" (``hessfree.train.layout``)
+    parallel: str = "data"
 
 
 @attrs.frozen(kw_only=True)
@@ -237,6 +241,7 @@ def fit(
             checkpoint.clean_temporaries(checkpoints.directory, config_hash)
         if checkpoints is not None and not resume:
             _claim_directory(checkpoints, lead, config_hash)
+        model = bind(model, comm)  # a sharded model's collectives go through the (simulated) comm
         trainer = make_trainer(model, data, config, comm)
         state, resumed, warnings, note, loaded = trainer.initial_state(theta), None, (), None, None
         if resume:
@@ -262,11 +267,12 @@ def fit(
         clock_zero -= loaded.scalars.get("sim_time_s") or 0.0
     total = config.run_length
     info = RunInfo(
-        method=config.method.value, layers=tuple(model.layers), n_params=model.n_params, data=data.name,
+        method=config.method.value, layers=tuple(model.layers), n_params=trainer.layout.n_params, data=data.name,
         n_train=data.n_train_global, n_test=data.n_test_global, ranks=comm.size, backend=type(raw).__name__,
         start=state.iteration, total=total, resumed_from=resumed, resume_note=note, warnings=tuple(warnings),
         evaluation=data.evaluation.value,
         reconstruct=data.reconstruct,
+        parallel=trainer.layout.parallel.value,
     )
     for hook in hooks:
         hook.on_start(info)
@@ -286,6 +292,8 @@ def fit(
     except DivergedError as exc:
         status, message = Status.DIVERGED, str(exc)
     saved = None
+    if save_model is not None and status is not Status.DIVERGED:
+        whole = trainer.layout.whole(state.theta)  # every rank: a collective under model parallelism
     if save_model is not None and status is not Status.DIVERGED and lead:
         from hessfree import modelfile
 
@@ -293,7 +301,7 @@ def fit(
         unit = "iterations" if config.method.is_hessian_free else "epochs"
         training = dict(method=config.method.value, unit=unit, run_length=total, summary=summary,
                         train_config=_plain(attrs.asdict(config)), **(model_notes or {}))
-        saved = str(modelfile.save_model(save_model, model, state.theta, data=data, training=training))
+        saved = str(modelfile.save_model(save_model, trainer.layout.whole_model, whole, data=data, training=training))
     result = FitResult(status=status, message=message, state=state, history=tuple(history), saved_model=saved)
     for hook in hooks:
         hook.on_end(result)
@@ -344,9 +352,11 @@ def _check_outputs(checkpoints: Checkpointing | None, save_model, lead: bool) ->
 def _decoder(trainer: Trainer, fresh: TrainState):
     """``decode(arrays, scalars)`` for :func:`checkpoint.load_latest`: the payload must have
     the names, dtypes, shapes and types of this run's fresh state, then becomes a state."""
-    template = trainer.state_payload(fresh)
+    template = trainer.payload_template(fresh)
 
     def decode(arrays: dict, scalars: dict) -> TrainState:
+        if isinstance(scalars.get("comm"), dict):  # written before the model-parallel collectives existed
+            scalars = {**scalars, "comm": with_later_kinds(scalars["comm"])}
         checkpoint.check_payload(template, arrays, scalars)
         sim = scalars.get("sim_time_s")
         if sim is not None and (isinstance(sim, bool) or not isinstance(sim, (int, float)) or not np.isfinite(sim)):
@@ -458,9 +468,10 @@ def _simulated(comm: Communicator, simulate: Simulation | None) -> Communicator:
 
 def _save(trainer: Trainer, state, record, policy: Checkpointing, identity: dict, lead: bool, comm: Communicator) -> None:
     """Rank 0 writes the checkpoint; no rank runs ahead of it (a barrier, not metered in
-    the records: they count only the steps' collectives)."""
+    the records: they count only the steps' collectives). Every rank builds the payload
+    (whole vectors: an allgather each under model parallelism)."""
+    arrays, scalars = trainer.state_payload(state)
     if lead:
-        arrays, scalars = trainer.state_payload(state)
         scalars["sim_time_s"] = record.sim_time_s
         scalars["written_by"] = _writer(comm)  # not part of the identity: any rank count resumes
         checkpoint.save(policy.directory, state.iteration, arrays, scalars, identity, identity_hash(identity),

@@ -2,12 +2,14 @@
 
 Every rank holds the full θ and a shard of the training data. Per outer iteration k:
 
-1. full gradient and loss: local chunked sums, **one** allreduce of [Σ∇ℓ, Σℓ];
+1. full gradient and loss: local chunked sums, **one** allreduce of [Σ∇ℓ, Σℓ] (with
+   ``preconditioner = "martens"`` of [Σ∇ℓ, Σ∇ℓ⊙∇ℓ, Σℓ]: still one collective);
 2. curvature batch k: b consecutive global samples from k·b, cycled through the data, each
    rank computing the ones in its shard (b/P each with strided shards); its forward pass
    is computed once and kept for the whole solve;
 3. Krylov solve of B·d = −g from x0 = η·δ_{k−1}, where B·v = (reduced Σ products)/b + (λ+μ)v
-   (μ the weight decay): **one** allreduce per product;
+   (μ the weight decay): **one** allreduce per product; optionally preconditioned by
+   Martens' M = (F̂ + λ + μ)^¾, F̂ the mean squared per-sample gradient;
 4. direction: CG-backtracking over the stored iterates or Bi-CG-STAB's descent candidates
    (walk back while the full objective decreases), −g when the solver produced nothing;
    with a negative-curvature rule (``negative_curvature`` = scaled or curvilinear, see
@@ -25,7 +27,13 @@ product, no collective): each vector's undamped curvature dᵀHd = dᵀBd − λ
 Rayleigh quotient, and the extreme Ritz values of CG's and MINRES's Lanczos tridiagonal.
 
 Every branch is decided from reduced values, so all ranks take the same one. θ is never
-modified in place: a rejected or non-finite step leaves it exactly as it was.
+modified in place: a rejected or non-finite step leaves it exactly as it was. Under model
+parallelism (``hessfree.train.layout``) θ and every θ-sized vector are sharded instead;
+reductions, inner products and finiteness tests go through the trainer's layout. Under model
+parallelism (``hessfree.train.layout``) θ and every θ-sized vector are sharded instead;
+reductions, inner products and finiteness tests go through the trainer's layout. Under model
+parallelism (``hessfree.train.layout``) θ and every θ-sized vector are sharded instead;
+reductions, inner products and finiteness tests go through the trainer's layout.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import numpy as np
 
 from hessfree.comm import Phase
 from hessfree.errors import DivergedError
-from hessfree.methods import DampingRule, NegativeCurvatureRule, WarmStart, next_curvature
+from hessfree.methods import DampingRule, NegativeCurvatureRule, Preconditioner, WarmStart, next_curvature
 from hessfree.solvers import CG, CandidateKind, Curvature, KrylovSolver, SolveResult
 from hessfree.train import negative
 from hessfree.train.batches import curvature_window
@@ -48,6 +56,10 @@ from hessfree.train.damping import quadratic_model, reduction_ratio, update_damp
 from hessfree.train.linesearch import LineSearchResult, armijo, sufficient_decrease
 from hessfree.train.records import IterationRecord
 from hessfree.train.trainer import Trainer, TrainState
+
+
+#: Martens' exponent α of the diagonal preconditioner M = (F̂ + λ + μ)^α
+PRECONDITIONER_EXPONENT = 0.75
 
 
 def make_solver(config: TrainConfig) -> KrylovSolver:
@@ -95,20 +107,21 @@ class HFState(TrainState):
 class CurvatureOperator:
     """v ↦ (allreduce Σᵢ products on the curvature batch) / b + (λ + μ)·v.
 
-    ``product`` is the batch's Gv or Hv; each call is one allreduce. ``products`` counts
+    ``product`` is the batch's Gv or Hv; each call is one allreduce (``layout.reduce``:
+    none under model parallelism). ``products`` counts
     the calls.
     """
 
-    def __init__(self, product: Callable[[np.ndarray], np.ndarray], comm, batch_size: int, shift: float):
+    def __init__(self, product: Callable[[np.ndarray], np.ndarray], layout, batch_size: int, shift: float):
         self._product = product
-        self._comm = comm
+        self._layout = layout
         self._inv_b = 1.0 / batch_size
         self._shift = shift
         self.products = 0
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         out = self._product(v)
-        self._comm.allreduce(out, out=out)
+        self._layout.reduce(out)
         out *= self._inv_b
         if self._shift:
             out += self._shift * v
@@ -161,12 +174,12 @@ class Direction:
         """pᵀHp / pᵀp (NaN when not computed or p = 0)."""
         return self.undamped / self.norm2 if self.norm2 > 0.0 else math.nan
 
-    def measured(self, shift: float) -> "Direction":
+    def measured(self, shift: float, dot: Callable = np.dot) -> "Direction":
         """This direction with ‖p‖² and its undamped curvature (B = H + shift·I): one
-        local inner product."""
+        inner product (``dot``: the layout's)."""
         if math.isfinite(self.norm2):
             return self
-        norm2 = float(self.p @ self.p)
+        norm2 = float(dot(self.p, self.p))
         return attrs.evolve(self, norm2=norm2, undamped=self.curvature - shift * norm2)
 
     def downhill(self) -> "Direction":
@@ -250,7 +263,7 @@ class HessianFreeTrainer(Trainer):
     def objective(self, theta: np.ndarray) -> tuple[float, float]:
         """(f(θ), training error) over all ranks: one scalar allreduce."""
         loss, wrong = self.model.evaluate(theta, self.train)
-        total = self.comm.allreduce_scalars(loss, wrong)
+        total = self.layout.sum_scalars(loss, wrong)
         return self.regularised(total[0] / self.n_train, theta), total[1] / self.n_train
 
     def gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -258,17 +271,45 @@ class HessianFreeTrainer(Trainer):
         loss, grad = self.model.loss_grad(theta, self.train)
         return self.reduced_gradient(loss, grad, self.n_train, theta)
 
+    def gradient_and_fisher(self, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """(f(θ), ∇f(θ), F̂): the gradient and the empirical Fisher diagonal
+        F̂ = (1/n)·Σᵢ ∇ℓᵢ⊙∇ℓᵢ in one pass, reduced together: **one** allreduce of
+        [Σ∇ℓ, Σ∇ℓ⊙∇ℓ, Σℓ]."""
+        loss, grad, squares = self.model.loss_grad_squares(theta, self.train)
+        n = grad.size
+        buf = np.empty(2 * n + 1, dtype=self.dtype)
+        buf[:n], buf[n:-1], buf[-1] = grad, squares, loss
+        self.layout.reduce(buf)
+        g = buf[:n] / self.n_train
+        if self.config.weight_decay:
+            g = g + self.config.weight_decay * theta
+        return self.regularised(float(buf[-1]) / self.n_train, theta), g, buf[n:-1] / self.n_train
+
+    def gradient_phase(self, theta: np.ndarray, shift: float) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """(f, g, M⁻¹): the gradient, and the inverse diagonal preconditioner of the solve
+        whose damping is ``shift`` (None without one).
+
+        Martens (2010): M = (F̂ + λ + μ)^α with α = ¾. The empirical Fisher diagonal
+        approximates the curvature's diagonal scale; the exponent below 1 and the damping
+        keep M from over-trusting it where F̂ is tiny or noisy.
+        """
+        if self.config.preconditioner is Preconditioner.NONE:
+            f, g = self.gradient(theta)
+            return f, g, None
+        f, g, fisher = self.gradient_and_fisher(theta)
+        return f, g, (fisher + (shift + self.config.weight_decay)) ** -PRECONDITIONER_EXPONENT
+
     def curvature_operator(self, theta: np.ndarray, iteration: int, damping: float, curvature: Curvature) -> CurvatureOperator:
         """The damped curvature of batch ``iteration`` (its forward pass computed here, once)."""
         X, y = self.local_rows(curvature_window(iteration, self.batch_size, self.n_train))
         cache = self.model.forward(theta, X, y, recycle=self.workspace)
         self.workspace = cache
         product = cache.hv if curvature is Curvature.EXACT else cache.gv
-        return CurvatureOperator(product, self.comm, self.batch_size, damping + self.config.weight_decay)
+        return CurvatureOperator(product, self.layout, self.batch_size, damping + self.config.weight_decay)
 
-    def solve(self, op: CurvatureOperator, g: np.ndarray, state: HFState) -> SolveResult:
-        """Krylov solve of B·d = −g from the warm start η·δ_{k−1}."""
-        return self.solver.solve(op, -g, self.config.warm_start * state.delta)
+    def solve(self, op: CurvatureOperator, g: np.ndarray, state: HFState, precond: np.ndarray | None = None) -> SolveResult:
+        """Krylov solve of B·d = −g from the warm start η·δ_{k−1} (``precond``: M⁻¹)."""
+        return self.solver.solve(op, -g, self.config.warm_start * state.delta, dot=self.layout.dot, precond=precond)
 
     def candidates(self, result: SolveResult) -> tuple[list[Direction], list[Direction]]:
         """(walk-back sequence, extra candidates) from the solver's descent candidates.
@@ -280,14 +321,13 @@ class HessianFreeTrainer(Trainer):
         walk, extra = [], []
         for d in self.directions(result):
             (walk if d.kind == CandidateKind.ITERATE.value else extra).append(d)
-        walk = [d for d in walk if d.slope < 0 and np.any(d.p)]
+        walk = [d for d in walk if d.slope < 0]  # gᵀp < 0 implies p ≠ 0
         extra = [d for d in extra if d.slope < 0]
         if not self.config.backtracking:
             walk = walk[:1]
         return walk, extra
 
-    @staticmethod
-    def directions(result: SolveResult) -> list[Direction]:
+    def directions(self, result: SolveResult) -> list[Direction]:
         """The solver's candidates, latest first, as Directions (an iterate turned downhill
         by the solver is marked ``flipped``)."""
         iterates = {it.iteration: it.x for it in result.iterates}
@@ -296,7 +336,7 @@ class HessianFreeTrainer(Trainer):
             p = np.asarray(c.direction)
             flipped = False
             if c.kind is CandidateKind.ITERATE and c.iteration in iterates:
-                flipped = bool(float(p @ iterates[c.iteration]) < 0.0)
+                flipped = bool(self.layout.dot(p, iterates[c.iteration]) < 0.0)
             out.append(Direction(p, float(c.slope), float(c.curvature), c.kind.value, flipped=flipped))
         return out
 
@@ -343,8 +383,8 @@ class HessianFreeTrainer(Trainer):
         """−g with its damped curvature (one product)."""
         p = -g
         with self.comm.phase(Phase.CURVATURE):
-            curvature = float(p @ op(p))
-        return Direction(p, float(g @ p), curvature, "gradient")
+            curvature = self.layout.dot(p, op(p))
+        return Direction(p, self.layout.dot(g, p), curvature, "gradient")
 
     def line_search(self, theta: np.ndarray, f0: float, d: Direction) -> LineSearchResult:
         """Armijo backtracking along d.p from α = 1 (its value reused if already known)."""
@@ -371,14 +411,14 @@ class HessianFreeTrainer(Trainer):
                 continue  # CG's direction is no candidate of its; the others' are
             known.add((nc.kind, nc.iteration))
             p = np.asarray(nc.direction)
-            found.append(Direction(p, float(g @ p), float(nc.curvature), nc.kind.value))
+            found.append(Direction(p, self.layout.dot(g, p), float(nc.curvature), nc.kind.value))
         ritz = getattr(result, "ritz_vector", None)
         if ritz is not None:
             p = np.asarray(ritz.direction)
-            found.append(Direction(p, float(g @ p), float(ritz.curvature), RITZ_KIND))
+            found.append(Direction(p, self.layout.dot(g, p), float(ritz.curvature), RITZ_KIND))
         rayleighs, best = [], None
         for d in found:
-            d = d.measured(shift)
+            d = d.measured(shift, self.layout.dot)
             r = d.rayleigh
             if not math.isfinite(r):
                 continue
@@ -418,11 +458,11 @@ class HessianFreeTrainer(Trainer):
         cfg, theta = self.config, state.theta
         walk, _ = self.candidates(result)
         newton, evaluations = self.walk_back(walk, theta)
-        newton = newton.measured(shift) if newton is not None else None
+        newton = newton.measured(shift, self.layout.dot) if newton is not None else None
         reason = self._walk_reason()
         if survey.negative is None:  # nothing negative met: the Newton-type step as under "off"
             if newton is None:
-                newton, reason = self.gradient_direction(g, op).measured(shift), "no_candidate"
+                newton, reason = self.gradient_direction(g, op).measured(shift, self.layout.dot), "no_candidate"
             ls = self.line_search(theta, f0, newton)
             return Outcome(newton, ls, evaluations + ls.trials, reason)
         scale = state.nc_scale
@@ -481,7 +521,7 @@ class HessianFreeTrainer(Trainer):
         d, alpha = out.direction, out.alpha
         if out.predicted is None:
             shift = state.damping if shift is None else shift
-            undamped = d.curvature - shift * float(d.p @ d.p)
+            undamped = d.curvature - shift * self.layout.dot(d.p, d.p)
             predicted = quadratic_model(alpha * d.slope, alpha * alpha * undamped)
         else:
             predicted = out.predicted
@@ -495,23 +535,23 @@ class HessianFreeTrainer(Trainer):
             return None
         with self.comm.phase(Phase.OTHER):
             _, wrong = self.model.evaluate(theta, self.test) if self.test.n else (0.0, 0)
-            return float(self.comm.allreduce_scalars(wrong)[0]) / self.n_test
+            return float(self.layout.sum_scalars(wrong)[0]) / self.n_test
 
     # ------------------------------------------------------------------ one iteration
     def step(self, state: HFState) -> tuple[HFState, IterationRecord]:
         comm, cfg = self.comm, self.config
         counts0 = comm.counts()
         t0 = time.perf_counter()
+        shift = self.solve_damping(state)
         with comm.phase(Phase.GRADIENT):
-            f0, g = self.gradient(state.theta)
-        if not (math.isfinite(f0) and np.all(np.isfinite(g))):
+            f0, g, precond = self.gradient_phase(state.theta, shift)
+        if not (math.isfinite(f0) and self.layout.all_finite(g)):
             raise DivergedError(f"iteration {state.iteration + 1}: the objective or its gradient is not finite at the current parameters")
         t1 = time.perf_counter()
         curvature = next_curvature(cfg.method, state.last_curvature, state.last_negative)
-        shift = self.solve_damping(state)
         with comm.phase(Phase.CURVATURE):
             op = self.curvature_operator(state.theta, state.iteration, shift, curvature)
-            result = self.solve(op, g, state)
+            result = self.solve(op, g, state, precond)
         t2 = time.perf_counter()
         survey = self.survey(result, g, shift)
         with comm.phase(Phase.LINE_SEARCH):
@@ -526,7 +566,7 @@ class HessianFreeTrainer(Trainer):
         rho, damping = self.new_damping(state, out, f0, shift)
         nc_scale = out.nc_scale if out.nc_scale is not None else state.nc_scale
         if cfg.nc_rule is not NegativeCurvatureRule.OFF and out.accepted and out.nc_scale is None:
-            taken = d.measured(shift)  # a Newton-type step: κ from its third-order remainder
+            taken = d.measured(shift, self.layout.dot)  # a Newton-type step: κ from its third-order remainder
             remainder = (ls.value - f0) - negative.model_change(d.slope, taken.undamped, ls.alpha)
             nc_scale = negative.secant_scale(nc_scale, ls.alpha * math.sqrt(taken.norm2), remainder)
         if ls.accepted:
@@ -538,7 +578,7 @@ class HessianFreeTrainer(Trainer):
         samples = state.samples + self.n_train * (1 + evals) + self.batch_size * (1 + op.products)
         source = cfg.warm_start_source
         delta = result.x if source is WarmStart.ITERATE else (d.p if source is WarmStart.DIRECTION else np.zeros_like(state.theta))
-        taken = d.measured(shift)
+        taken = d.measured(shift, self.layout.dot)
         new = attrs.evolve(
             state,
             theta=theta,

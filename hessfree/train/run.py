@@ -28,8 +28,10 @@ from hessfree.data import ShardMode, load_dataset
 from hessfree.data.dataset import Dataset
 from hessfree.errors import ConfigError
 from hessfree.models import MLP
+from hessfree.models.sharded import ShardedMLP
 from hessfree.limits import exceeds_memory, memory_text, size_text
 from hessfree.train.fit import Callback, Checkpointing, FitResult, Simulation, agree, fit
+from hessfree.train.layout import Parallel
 from hessfree.train.metrics import MetricsFile
 from hessfree.train.runconfig import RunConfig
 
@@ -88,13 +90,15 @@ def check_outputs(config: RunConfig) -> None:
 
 def build(config: RunConfig, comm: Communicator, ranks_here: int | None = None) -> tuple[Dataset, MLP]:
     """This rank's data shard and the network the config describes (refused before it is
-    allocated when it cannot fit in memory; ``ranks_here``: ranks sharing this machine)."""
+    allocated when it cannot fit in memory; ``ranks_here``: ranks sharing this machine).
+    Model-parallel: all the data, and this rank's slice of the network (``ShardedMLP``)."""
+    model_parallel = config.parallel is Parallel.MODEL
     data = load_dataset(
         config.dataset,
         data_dir=config.data_dir,
         dtype=np.dtype(config.dtype.value),
-        rank=comm.rank,
-        size=comm.size,
+        rank=0 if model_parallel else comm.rank,
+        size=1 if model_parallel else comm.size,
         shard=ShardMode.STRIDED,  # balanced parts of every batch window (see train.batches)
         validation=config.validation,
         samples=config.samples,
@@ -102,15 +106,16 @@ def build(config: RunConfig, comm: Communicator, ranks_here: int | None = None) 
     )
     if config.autoencoder:
         data = attrs.evolve(data, reconstruct=True)
-    check_memory(config, [data.n_features, *config.hidden, data.n_outputs], data, comm.size,
+    check_memory(config, [data.n_features, *config.hidden, data.n_outputs], data, 1 if model_parallel else comm.size,
                  ranks_here if ranks_here is not None else _ranks_here(comm))
-    model = MLP(
-        [data.n_features, *config.hidden, data.n_outputs],
+    settings = dict(
         activation=config.activation,
         loss=config.loss,
         dtype=config.dtype.value,
         parallel=bool(comm.allows_parallel_kernels) and comm.size == 1,
     )
+    layers = [data.n_features, *config.hidden, data.n_outputs]
+    model = ShardedMLP(layers, comm=comm, **settings) if model_parallel else MLP(layers, **settings)
     return data, model
 
 

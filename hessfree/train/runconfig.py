@@ -26,6 +26,7 @@ from hessfree.data.loader import DatasetName
 from hessfree.errors import ConfigError
 from hessfree.models.mlp import Loss
 from hessfree.train.config import TrainConfig
+from hessfree.train.layout import Parallel
 from hessfree.validate import bool_field, config, enum_field, int_field, real_field, text, text_field
 
 #: thread ranks share one process: beyond this many, a run is a mistake, not a cluster
@@ -79,6 +80,9 @@ class RunConfig:
     autoencoder: bool = bool_field(False)
     samples: int | None = int_field(None, optional=True)
     comm: Backend = enum_field(Backend, Backend.AUTO)
+    #: data: every rank a shard of the data and the whole θ; model: every rank all the
+    #: data and a slice of every layer's units (not part of the trajectory: the same to rounding)
+    parallel: Parallel = enum_field(Parallel, Parallel.DATA)
     ranks: int = int_field(1, maximum=MAX_THREAD_RANKS)  # thread ranks of this process
     comm_timeout: float = real_field(300.0, low=0, high=1e6, low_open=True)
     train: TrainConfig = attrs.field(factory=TrainConfig, validator=attrs.validators.instance_of(TrainConfig))
@@ -122,7 +126,7 @@ class RunConfig:
     def trajectory(self, size: int | None = None, *, data=None) -> dict:
         """The settings that determine the trajectory, which a checkpoint must share to be
         resumed: the data's content, model, dtype and method settings; not run length,
-        outputs, backend or rank count (batches do not depend on the rank count, so a
+        outputs, backend, rank count or layout (batches do not depend on the rank count, so a
         checkpoint continues on any), and not where the data files are (the dataset is
         identified by its content fingerprint, see ``hessfree.data.loader.source_fingerprint``).
 

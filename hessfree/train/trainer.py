@@ -1,6 +1,8 @@
 """What every trainer shares: the data shard, the reduced gradient, the run loop, records.
 
-A trainer composes a model, this rank's data shard, a configuration and a communicator.
+A trainer composes a model, this rank's data shard, a configuration and a communicator;
+the model's layout (``hessfree.train.layout``: data- or model-parallel) says how sums are
+reduced and inner products taken, so one code path serves both.
 ``step(state) -> (state, record)`` runs one outer iteration (HF) or one epoch
 (first-order methods); ``run(state, total)`` steps until ``state.iteration == total`` and
 raises :class:`~hessfree.errors.DivergedError` when the method says the run diverged.
@@ -21,6 +23,7 @@ from hessfree.errors import DivergedError
 from hessfree.models.base import Model
 from hessfree.train.batches import local_positions
 from hessfree.train.config import TrainConfig
+from hessfree.train.layout import layout_of
 from hessfree.train.records import IterationRecord
 
 
@@ -78,6 +81,7 @@ class Trainer:
         self.model = model
         self.config = config
         self.comm = comm if comm is not None else SerialComm()
+        self.layout = layout_of(model, self.comm)
         self.train = model.batch(data.X_train, data.train_targets)
         self.test = model.batch(data.X_test, data.test_targets) if data.has_test else None
         self.n_train = data.n_train_global
@@ -89,18 +93,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def initial_theta(self, theta: np.ndarray | None) -> np.ndarray:
-        """θ₀: the given parameters, or ``init_scale`` × the model's seeded initialisation."""
+        """θ₀: the given (whole) parameters, this rank's part of them, or ``init_scale`` ×
+        the model's seeded initialisation."""
         if theta is not None:
-            return np.array(theta, dtype=self.dtype)
+            return self.layout.part(theta)
         theta = self.model.init_params(self.config.seed)
         scale = self.config.init_scale
         return theta if scale == 1.0 else (theta * scale).astype(theta.dtype, copy=False)
 
     def state_payload(self, state: TrainState) -> tuple[dict, dict]:
-        return state_payload(state)
+        """(arrays, scalars) of a checkpoint: every array a whole vector, whatever the
+        layout (collective under model parallelism: every rank must call it)."""
+        arrays, scalars = state_payload(state)
+        return {name: self.layout.whole(a) for name, a in arrays.items()}, scalars
+
+    def payload_template(self, state: TrainState) -> tuple[dict, dict]:
+        """The names, dtypes and shapes of :meth:`state_payload` without its values (no
+        collective), to check a checkpoint against."""
+        arrays, scalars = state_payload(state)
+        return {name: self.layout.whole_like(a) for name, a in arrays.items()}, scalars
 
     def state_from_payload(self, arrays: dict, scalars: dict) -> TrainState:
-        return state_from_payload(self.State, arrays, scalars)
+        """The state of a checkpoint's whole vectors: this rank's part of each."""
+        return state_from_payload(self.State, {name: self.layout.part(a) for name, a in arrays.items()}, scalars)
 
     # ------------------------------------------------------------------ shared phases
     def local_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,11 +126,12 @@ class Trainer:
 
     def reduced_gradient(self, loss_sum: float, grad_sum: np.ndarray, count: int, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """(f, g) from local sums over ``count`` samples in all: **one** allreduce of
-        [Σ∇ℓ, Σℓ]; f = Σℓ/count + ½μ‖θ‖², g = Σ∇ℓ/count + μθ (μ the weight decay)."""
+        [Σ∇ℓ, Σℓ] (model-parallel: none, the shard's sums are complete); f = Σℓ/count +
+        ½μ‖θ‖², g = Σ∇ℓ/count + μθ (μ the weight decay)."""
         buf = self._reduce_buffer
         buf[:-1] = grad_sum
         buf[-1] = loss_sum
-        self.comm.allreduce(buf, out=buf)
+        self.layout.reduce(buf)
         g = buf[:-1] / count
         if self.config.weight_decay:
             g = g + self.config.weight_decay * theta
@@ -124,7 +140,7 @@ class Trainer:
     def regularised(self, mean_loss: float, theta: np.ndarray) -> float:
         """The objective: mean loss plus ½μ‖θ‖²."""
         mu = self.config.weight_decay
-        return float(mean_loss + 0.5 * mu * float(theta @ theta)) if mu else float(mean_loss)
+        return float(mean_loss + 0.5 * mu * self.layout.dot(theta, theta)) if mu else float(mean_loss)
 
     def counts_since(self, before: CommCounts) -> CommCounts:
         return self.comm.counts() - before

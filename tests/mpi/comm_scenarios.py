@@ -149,6 +149,49 @@ def warmup_scenario(comm: Communicator, workdir: Path) -> dict[str, np.ndarray]:
     return {"saw_rank0_done": np.array(warm_numba_cache(comm, compile_and_cache))}
 
 
+#: (name, rows, widths per rank as a function of the size, dtype) for the block collectives
+#: of model parallelism: uneven blocks, an empty block, a whole-empty case
+BLOCK_CASES = (
+    ("f64_uneven", 3, lambda size: [r + 2 for r in range(size)], "float64"),
+    ("f32_even", 4, lambda size: [5] * size, "float32"),
+    ("i64_one_empty", 2, lambda size: [0 if r == size - 1 else 3 for r in range(size)], "int64"),
+    ("f64_all_empty", 5, lambda size: [0] * size, "float64"),
+)
+
+
+def block_input(case: str, rank: int, rows: int, width: int, dtype: str) -> np.ndarray:
+    """Rank ``rank``'s (rows × width) block of ``case`` (deterministic)."""
+    kind = "int" if dtype.startswith("i") else "normal"
+    return rank_input(f"block:{case}", rank, (rows, width), dtype, kind)
+
+
+def blocks_scenario(comm: Communicator, workdir: Path) -> dict[str, np.ndarray]:
+    """Allgather of every rank's (rows × width) block into one flat array, and
+    reduce-scatter of every rank's whole array; with the counts metered."""
+    results: dict[str, np.ndarray] = {}
+    start = comm.counts()
+    for name, rows, widths_of, dtype in BLOCK_CASES:
+        widths = widths_of(comm.size)
+        counts = [rows * w for w in widths]
+        block = block_input(name, comm.rank, rows, widths[comm.rank], dtype)
+        gathered = np.full(sum(counts), -1, dtype=dtype)
+        returned = comm.allgather(block, gathered, counts)
+        results[f"{name}.gathered"] = gathered
+        results[f"{name}.returned_out"] = np.array(returned is gathered)
+        whole = rank_input(f"whole:{name}", comm.rank, (sum(counts),), dtype, "int" if dtype.startswith("i") else "normal")
+        mine = np.empty((rows, widths[comm.rank]), dtype=dtype)
+        comm.reduce_scatter(whole, mine, counts)
+        results[f"{name}.scattered"] = mine
+    with comm.phase(Phase.CURVATURE):
+        comm.allgather(np.ones(2), np.empty(2 * comm.size), [2] * comm.size)  # 16·P bytes
+        comm.reduce_scatter(np.ones(3 * comm.size, dtype=np.float32), np.empty(3, dtype=np.float32), [3] * comm.size)
+    counts = comm.counts() - start
+    results["other"] = np.array([counts.other.allgather, counts.other.reduce_scatter], dtype=np.int64)
+    results["curvature"] = np.array([counts.curvature.allgather, counts.curvature.reduce_scatter,
+                                     counts.curvature.bytes, counts.curvature.collectives], dtype=np.int64)
+    return results
+
+
 SCENARIOS = {
     "allreduce": allreduce_scenario,
     "scalars": scalars_scenario,
@@ -156,6 +199,7 @@ SCENARIOS = {
     "repeat": repeat_scenario,
     "metering": metering_scenario,
     "warmup": warmup_scenario,
+    "blocks": blocks_scenario,
 }
 
 
