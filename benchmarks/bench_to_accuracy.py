@@ -39,6 +39,9 @@ class StopAt(Callback):
 #: on by default only if it pays here)
 HF_VARIANTS = {
     "Martens preconditioner": {"preconditioner": "martens"},
+    "no CG-backtracking": {"backtracking": False},
+    "fig1-tuned: λ 0.1, no CG-backtracking": {"damping": 0.1, "backtracking": False},
+    "fig1-tuned + Martens preconditioner": {"damping": 0.1, "backtracking": False, "preconditioner": "martens"},
 }
 
 
