@@ -170,9 +170,11 @@ def write_report(directory: str | Path) -> list[Path]:
     written = []
     figures = directory / "figures"
     if "tuning" in summary:
-        from hessfree.experiments.figures import comparison_figures
+        from hessfree.experiments.figures import batch_figure, comparison_figures
 
         written += comparison_figures(summary, directory / "runs", figures)
+        by_batch = batch_figure(summary, figures / f"{summary['experiment']['name']}-batch.png")
+        written += [by_batch] if by_batch is not None else []
     if "scaling" in summary:
         from hessfree.experiments.scaling import scaling_figure
 
