@@ -156,3 +156,24 @@ def test_the_cli_runs_an_experiment_file_and_reports(tmp_path):
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "training error ≤ 0.3" in report and "| gn-cg | " in report
+
+
+def test_plans_of_one_method_at_several_batches_form_a_series():
+    from hessfree.experiments.figures import batch_series
+
+    def plan(method, batch, label):
+        return dict(method=method, fixed={"batch_size": batch} if batch else {}, grid={}, label=label)
+
+    def runs(label, batch, seeds=2):
+        return [dict(method=label, phase="report", batch=batch, seed=s) for s in range(seeds)]
+
+    summary = dict(
+        experiment=dict(methods=[plan("gn-cg", 1000, "gn-cg-b1000"), plan("gn-cg", 5000, "gn-cg-b5000"),
+                                 plan("sgd", 64, "sgd-b64"), plan("adam", None, "adam")]),
+        runs=runs("gn-cg-b5000", 3000) + runs("gn-cg-b1000", 1000) + runs("sgd-b64", 64) + runs("adam", 64)
+        + [dict(method="gn-cg-b1000", phase="tune", batch=1000, seed=100)],
+    )
+    series = batch_series(summary)
+    assert list(series) == ["gn-cg"]  # sgd has one batch, adam none fixed
+    # ordered by the batch actually used (clipped to the training set), tuning runs left out
+    assert [(b, len(rs)) for b, rs in series["gn-cg"]] == [(1000, 2), (3000, 2)]
