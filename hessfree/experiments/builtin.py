@@ -107,31 +107,37 @@ FIG2 = Experiment(
 AE_HIDDEN = "1000,500,250,30,250,500,1000"
 AE_ACTIVATION = "sigmoid,sigmoid,sigmoid,linear,sigmoid,sigmoid,sigmoid"
 
+AE_SAMPLES = 2000
+AE_HF_ITERATIONS = 12
+AE_EPOCHS = 20
+
 AUTOENCODER = Experiment(
     name="autoencoder",
     description="The MNIST deep autoencoder 784-1000-500-250-30-250-500-1000-784 (sigmoid units, a linear "
-    "30-unit code layer, logistic outputs and cross-entropy): gn-cg and the exact-Hessian variants against "
+    "30-unit code layer, logistic outputs and cross-entropy): gn-cg and the exact-Hessian Hybrid against "
     "momentum SGD and Adam, to squared reconstruction errors per image",
     base={"dataset": "mnist", "autoencoder": True, "hidden": AE_HIDDEN, "activation": AE_ACTIVATION,
-          "loss": "logistic_cross_entropy", "dtype": "float32", "samples": 5000},
+          "loss": "logistic_cross_entropy", "dtype": "float32", "samples": AE_SAMPLES},
     methods=(
-        MethodPlan(method=Method.GN_CG, fixed={"iterations": 30}, grid={"damping": [0.1, 1.0, 10.0]}),
-        MethodPlan(method=Method.HYBRID, fixed={"iterations": 30}, grid={"damping": [0.1, 1.0, 10.0]}),
-        MethodPlan(method=Method.MSGD, fixed={"epochs": 20, "batch_size": 64}, grid={"lr": [0.01, 0.03, 0.1]}),
-        MethodPlan(method=Method.ADAM, fixed={"epochs": 20, "batch_size": 64}, grid={"lr": [3e-4, 1e-3, 3e-3]}),
+        MethodPlan(method=Method.GN_CG, fixed={"iterations": AE_HF_ITERATIONS}, grid={"damping": [0.1, 1.0, 10.0]}),
+        MethodPlan(method=Method.HYBRID, fixed={"iterations": AE_HF_ITERATIONS}, grid={"damping": [0.1, 1.0, 10.0]}),
+        MethodPlan(method=Method.MSGD, fixed={"epochs": AE_EPOCHS, "batch_size": 64}, grid={"lr": [0.01, 0.03, 0.1]}),
+        MethodPlan(method=Method.ADAM, fixed={"epochs": AE_EPOCHS, "batch_size": 64}, grid={"lr": [3e-4, 1e-3, 3e-3]}),
     ),
-    targets=(30.0, 20.0, 15.0, 10.0),
-    tuning_target=15.0,
+    targets=(40.0, 30.0, 20.0, 10.0),
+    tuning_target=30.0,
     tuning_axis="sim_16_omni-path",
-    tuning_seeds=(100, 101),
+    tuning_seeds=(100,),
     seeds=(0, 1, 2),
     needs_data_dir=True,
     quick=Quick(base={"samples": 1000, "hidden": "200,100,50,10,50,100,200", "iterations": 10, "epochs": 5},
                 tuning_seeds=1, seeds=2, grid_limit=2),
-    notes=("MNIST: the first 5,000 training images (all 10,000 test images), float32, the full 2.8-million-"
-           "parameter network; HF 30 iterations (curvature batch 1,000), first-order 20 epochs at b = 64; tuning "
-           "on 2 seeds, 3 fresh seeds reported. --quick: 1,000 images, a narrower network of the same depth "
-           "(784-200-100-50-10-50-100-200-784), 10 iterations or 5 epochs, 1 tuning seed, 2 seeds."),
+    notes=(f"MNIST: the first {AE_SAMPLES:,} training images (all 10,000 test images), float32, the full 2.8-million-"
+           f"parameter network; HF {AE_HF_ITERATIONS} iterations (curvature batch 1,000), first-order {AE_EPOCHS} "
+           "epochs at b = 64; tuning on 1 seed, 3 fresh seeds reported (sized for about an hour on 2 cores: an HF "
+           "iteration of this network costs about as much as a first-order epoch of 60,000 images). --quick: 1,000 "
+           "images, a narrower network of the same depth (784-200-100-50-10-50-100-200-784), 10 iterations or 5 "
+           "epochs, 1 tuning seed, 2 seeds."),
 )
 
 #: the negative-curvature variants against the paper's HF methods: label → (method, options)
