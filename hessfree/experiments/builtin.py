@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import attrs
+
 from hessfree.experiments.spec import Experiment, Kind, MethodPlan, Quick
 from hessfree.methods import Method
 
@@ -180,18 +182,14 @@ NC = Experiment(
 
 NC_DEEP_ITERATIONS = 12
 
-NC_DEEP = Experiment(
+#: the same variants and options as nc on the deeper network (its quick form too)
+NC_DEEP = attrs.evolve(
+    NC,
     name="nc-deep",
     description="Negative curvature on the deeper MNIST 784-400-150-10: every HF method and negative-curvature "
     "variant against gn-cg, to training errors 4%, 2%, 1%, 0.1%",
     base={"dataset": "mnist", "hidden": "400,150", "dtype": "float32", "samples": 5000,
           "iterations": NC_DEEP_ITERATIONS, "batch_size": 1000},
-    methods=NC.methods,
-    targets=NC.targets,
-    tuning_target=0.01,
-    tuning_axis="iterations",
-    needs_data_dir=True,
-    quick=Quick(base={"samples": 2000, "iterations": 6, "batch_size": 1000}, tuning_seeds=1, seeds=2),
     notes=(f"MNIST: the first 5,000 training images (all 10,000 test images), float32, tanh; the same variants and "
            f"defaults as nc (λ₀ = 1, no tuning), {NC_DEEP_ITERATIONS} iterations, curvature batch 1,000 (sized for "
            "about 45 minutes on 2 shared cores). 5 seeds. The step table counts as in nc. --quick: 2,000 images, "
