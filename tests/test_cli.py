@@ -209,3 +209,21 @@ def test_trains_on_the_real_mnist(tmp_path):
     assert lines[0]["model"]["layers"] == [784, 400, 10] and lines[0]["data"]["n_test"] == 10_000
     losses = [l["loss"] for l in lines if l["kind"] == "iteration"]
     assert losses[-1] < 0.6 * losses[0] and lines[-1]["test_error"] < 0.3
+
+
+@pytest.mark.parametrize("flag, expected", [("--no-backtracking", "last_iterate"), ("--backtracking", "walk_back")])
+def test_backtracking_and_the_preconditioner_reach_the_trainer(tmp_path, flag, expected):
+    metrics = tmp_path / "m.jsonl"
+    result = invoke("train", "--iterations", "2", *SMALL, flag, "--preconditioner", "martens", "--metrics", str(metrics))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(l) for l in metrics.read_text().splitlines()]
+    header, records = lines[0], [l for l in lines if "iteration" in l]
+    assert json.dumps(header).count('"preconditioner": "martens"') == 1
+    assert {r["choice"] for r in records} <= {expected, "no_descent_iterate", "no_candidate"}
+    assert any(r["choice"] == expected for r in records)
+
+
+def test_first_order_methods_refuse_backtracking():
+    result = invoke("train", "--method", "sgd", "--epochs", "1", *SMALL_FIRST_ORDER, "--no-backtracking")
+    assert result.exit_code == 2
+    assert "backtracking does not apply to sgd" in one_error_line(result)
