@@ -24,7 +24,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
@@ -138,9 +138,11 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     except OSError as exc:
         raise named(exc, path) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            kind = "is a directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "not a regular file (a device, FIFO or socket)"
-            raise NotRegularFile(errno.EINVAL, kind, str(path))
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):  # Linux opens a directory read-only without complaint
+            raise NotRegularFile(errno.EISDIR, "is a directory, not a regular file", str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (a device, FIFO or socket)", str(path))
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -175,6 +177,26 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     if len(data) > limit:
         raise TooLarge(errno.EFBIG, f"more than the {limit} bytes this file may have", str(path))
     return data
+
+
+def read_regular_or(path: str | os.PathLike, limit: int, fail: Callable[[str], Exception], *,
+                    too_large: str | None = None) -> bytes:
+    """:func:`read_regular`, each failure raised as the caller's typed error ``fail(reason)``.
+
+    ``reason`` says what is wrong with the file ("not found", "is a directory", ...);
+    ``too_large`` replaces the default reason for a file over ``limit``.
+    """
+    try:
+        return read_regular(path, limit)
+    except FileNotFoundError:
+        raise fail("not found") from None
+    except NotRegularFile as exc:
+        kind = "a directory" if exc.errno == errno.EISDIR else "not a regular file (a device, FIFO or socket)"
+        raise fail(f"is {kind}") from None
+    except TooLarge:
+        raise fail(too_large or f"is larger than the {limit} bytes it may have") from None
+    except OSError as exc:
+        raise fail(f"cannot be read ({exc.strerror or exc})") from None
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
-from hessfree.atomic import NotRegularFile, TooLarge, atomic_write, read_regular, remove_stale_temporaries
+from hessfree.atomic import atomic_write, read_regular_or, remove_stale_temporaries
 from hessfree.errors import CheckpointError, DataError
 
 FORMAT_VERSION = 3  # 3: checksummed manifest, whole-file npz checksum, scoped file names
@@ -267,16 +267,7 @@ def _differences(stored, current, prefix="") -> list[str]:
 
 
 def _read_file(path: Path, limit: int, what: str) -> bytes:
-    try:
-        return read_regular(path, limit)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path.name}: {what} is missing") from None
-    except NotRegularFile:
-        raise CheckpointError(f"{path.name}: {what} is not a regular file (a device, FIFO or directory)") from None
-    except TooLarge:
-        raise CheckpointError(f"{path.name}: {what} is larger than the {limit} bytes it may have") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path.name}: {what} is unreadable ({exc.strerror or exc})") from None
+    return read_regular_or(path, limit, lambda reason: CheckpointError(f"{path.name}: {what} {reason}"))
 
 
 def decode_manifest(raw: bytes, name: str) -> dict:

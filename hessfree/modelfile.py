@@ -36,7 +36,6 @@ naming the file and the problem in one line. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
@@ -47,7 +46,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from hessfree.atomic import NotRegularFile, TooLarge, atomic_write, read_regular
+from hessfree.atomic import atomic_write, read_regular_or
 from hessfree.data.dataset import Dataset, InputScaling
 from hessfree.errors import DataError, HessfreeError, InputError
 from hessfree.limits import memory_text, physical_memory
@@ -355,18 +354,9 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
     """Read and verify the model file at ``path`` (see the module docstring)."""
     path = Path(path)
     limit = physical_memory() or (1 << 40)
-    try:
-        blob = read_regular(path, limit)
-    except FileNotFoundError:
-        raise _fail(path, "model file not found") from None
-    except NotRegularFile as exc:
-        if exc.errno == errno.EISDIR:
-            raise _fail(path, "is a directory, expected a model file") from None
-        raise _fail(path, "not a regular file (a device, FIFO or socket), expected a model file") from None
-    except TooLarge:
-        raise _fail(path, f"larger than this machine's memory ({memory_text()}): not a model file this machine can load") from None
-    except OSError as exc:
-        raise _fail(path, f"cannot read ({exc.strerror or exc})") from None
+    blob = read_regular_or(path, limit, lambda reason: _fail(path, f"{reason} (expected a model file)"),
+                           too_large=f"larger than this machine's memory ({memory_text()}): not a model file "
+                           "this machine can load")
     return decode(blob, str(path))
 
 

@@ -18,7 +18,7 @@ import tomllib
 
 import attrs
 
-from hessfree.atomic import NotRegularFile, TooLarge, read_regular
+from hessfree.atomic import read_regular_or
 from hessfree.comm import Backend
 from hessfree.cost.network import Collective
 from hessfree.cost.presets import INTERCONNECTS
@@ -205,14 +205,9 @@ TOML_TABLES = ("train",)
 def load_toml(path: str | os.PathLike) -> dict:
     """The flat key → value mapping of a TOML config file (ConfigError naming what is wrong)."""
     try:
-        raw = read_regular(path, MAX_CONFIG_BYTES)
+        raw = read_regular_or(path, MAX_CONFIG_BYTES, lambda reason: ConfigError(f"--config {path}: {reason}"),
+                              too_large=f"larger than {MAX_CONFIG_BYTES} bytes: not a config file")
         data = tomllib.loads(raw.decode("utf-8"))
-    except NotRegularFile:
-        raise ConfigError(f"--config {path}: not a regular file (a device, FIFO or directory)") from None
-    except TooLarge:
-        raise ConfigError(f"--config {path}: larger than {MAX_CONFIG_BYTES} bytes: not a config file") from None
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--config {path}: not a UTF-8 text file") from None
     except tomllib.TOMLDecodeError as exc:

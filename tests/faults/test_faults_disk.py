@@ -99,3 +99,20 @@ def test_a_read_of_a_device_is_refused(tmp_path):
     with pytest.raises(atomic.TooLarge):
         atomic.read_regular(big, 999)
     assert atomic.read_regular(big, 1000) == bytes(1000)
+
+
+@pytest.mark.parametrize("case, reason", [("missing", "not found"), ("directory", "is a directory"),
+                                          ("device", "is not a regular file"), ("big", "is larger than the 10 bytes"),
+                                          ("big-custom", "too big for this")])
+def test_read_regular_or_raises_the_callers_error_with_the_reason(tmp_path, case, reason):
+    paths = {"missing": tmp_path / "nope", "directory": tmp_path, "device": Path("/dev/zero"),
+             "big": tmp_path / "big", "big-custom": tmp_path / "big"}
+    (tmp_path / "big").write_bytes(bytes(11))
+
+    class Mine(Exception):
+        pass
+
+    custom = {"too_large": "too big for this"} if case == "big-custom" else {}
+    with pytest.raises(Mine, match=reason):
+        atomic.read_regular_or(paths[case], 10, Mine, **custom)
+    assert atomic.read_regular_or(tmp_path / "big", 11, Mine) == bytes(11)
