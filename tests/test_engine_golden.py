@@ -3,7 +3,10 @@ metrics recorded from the code before it (``tests/data/engine_golden.json``, tim
 
 The golden file was written by ``hessfree train --metrics`` on the pre-refactor main; one
 label changed on purpose since: ``curvature`` names the operator of the solve
-("gauss_newton"/"exact") where the old records said "given" for non-hybrid methods.
+("gauss_newton"/"exact") where the old records said "given" for non-hybrid methods. And
+one count: ``epochs`` no longer charges a gradient pass to an iteration whose gradient
+came with the previous step's accepted trial (``hessfree.train.hf``, "the gradient taken
+along"); every other value, the trajectory included, is still bitwise the old one.
 """
 
 import json

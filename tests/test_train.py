@@ -101,6 +101,10 @@ class PoisonedModel:
         loss, wrong = self._model.evaluate(theta, X, y)
         return (math.nan if not np.array_equal(theta, self._theta0) else loss), wrong
 
+    def evaluate_grad(self, theta, X, y=None, **kw):  # the evaluation with the gradient taken along
+        loss, wrong, grad, squares = self._model.evaluate_grad(theta, X, y, **kw)
+        return (math.nan if not np.array_equal(theta, self._theta0) else loss), wrong, grad, squares
+
 
 def test_nan_on_one_rank_rejects_the_step_on_all_ranks_alike():
     config = TrainConfig(method="gn-cg", iterations=1, batch_size=200, cg_max_iter=10, max_rejected=5)

@@ -70,6 +70,21 @@ class Model(ABC):
         raise ConfigError(f"preconditioner: {type(self).__name__} does not compute the per-sample squared "
                           "gradients it needs; expected preconditioner 'none'")
 
+    #: whether :meth:`evaluate_grad` costs one pass (the trainers then take an evaluation's
+    #: gradient along when they may need it next) rather than the default two
+    fused_evaluation = False
+
+    def evaluate_grad(self, theta, X, y=None, *, squares: bool = False):
+        """(Σᵢ ℓᵢ, Σᵢ errorᵢ, Σᵢ ∇ℓᵢ, Σᵢ ∇ℓᵢ⊙∇ℓᵢ or None): :meth:`evaluate` and
+        :meth:`loss_grad` (:meth:`loss_grad_squares` with ``squares``) at one θ. The
+        default runs them one after the other; a model that shares the forward pass sets
+        :attr:`fused_evaluation`."""
+        loss, wrong = self.evaluate(theta, X, y)
+        if squares:
+            _, grad, sq = self.loss_grad_squares(theta, X, y)
+            return loss, wrong, grad, sq
+        return loss, wrong, self.loss_grad(theta, X, y)[1], None
+
     @abstractmethod
     def loss(self, theta, X, y=None) -> float:
         """Σᵢ ℓᵢ over the batch (forward pass only)."""

@@ -499,7 +499,17 @@ class MLP(Model):
         """
         return self._loss_grad(theta, X, y, squares=True)
 
-    def _loss_grad(self, theta, X, y, squares: bool):
+    fused_evaluation = True
+
+    @quiet_float_errors
+    def evaluate_grad(self, theta, X, y=None, *, squares: bool = False):
+        """(Σᵢ ℓᵢ, Σᵢ errorᵢ, Σᵢ ∇ℓᵢ, Σᵢ ∇ℓᵢ⊙∇ℓᵢ or None) in **one** pass: :meth:`evaluate`'s
+        error measure counted on the gradient pass's own forward outputs (the same
+        arithmetic, so the same loss and errors as :meth:`evaluate`, bit for bit)."""
+        total, grad, sq, wrong = self._loss_grad(theta, X, y, squares=squares, errors=True)
+        return total, wrong, grad, sq
+
+    def _loss_grad(self, theta, X, y, squares: bool, errors: bool = False):
         weights = self.unflatten(theta)
         batch = self._labelled(X, y)
         grad = np.empty(self.n_params, dtype=self.dtype)
@@ -512,7 +522,7 @@ class MLP(Model):
         acts = [None] + [np.empty((rows, d), dtype=self.dtype) for d in self.layers[1:]]
         errs = self._pair(rows)  # δ_l, δ_{l−1} alternate between the two
         scale = np.empty(rows, dtype=self.dtype)
-        total = 0.0
+        total, wrong = 0.0, 0
         codes = self._codes
         L = self.n_layers
         for c, (start, stop) in enumerate(self.chunk_bounds(batch.n)):
@@ -521,7 +531,11 @@ class MLP(Model):
             a = [part.X] + [buf[:n] for buf in acts[1:]]
             self.forward_into(weights, part.X, a)
             d = rows_view(errs[0], n, self.layers[L])
+            if errors and batch.labels is None:  # before the loss pass overwrites z
+                wrong += float(np.sum(np.square(self._output_map(a[L]) - part.targets), dtype=np.float64))
             total += self.loss_into(a[L], part, True, d, acc.bias_slot(L, c), scale[:n])
+            if errors and batch.labels is not None:
+                wrong += int(self.kernels.count_errors(a[L], batch.labels[start:stop]))
             acc.bias_done(L, c)
             for l in range(L, 0, -1):
                 acc.gemm(l, c, a[l - 1].T, d)
@@ -537,7 +551,7 @@ class MLP(Model):
             grad[:] = 0.0
             if squares:
                 sq[:] = 0.0
-        return total, grad, sq
+        return (total, grad, sq, wrong) if errors else (total, grad, sq)
 
     @staticmethod
     def _square_terms(acc: Accumulator, layer: int, chunk: int, a_below: np.ndarray, d: np.ndarray) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 from hessfree.comm import Communicator
 from hessfree.errors import InputError
 from hessfree.models import kernels as K
+from hessfree.models.base import Model
 from hessfree.models.mlp import MLP
 from hessfree.models.split import UnitSplit
 from hessfree.models.workspace import Accumulator, rows_view
@@ -256,6 +257,13 @@ class ShardedMLP(MLP):
             for vector, _ in sums:
                 vector[:] = 0.0
         return total, sums[0][0], sums[1][0] if squares else None
+
+    #: the passes are collective: the default's two passes keep their collectives where
+    #: a trainer expects them (no evaluation takes a gradient along)
+    fused_evaluation = False
+
+    def evaluate_grad(self, theta, X, y=None, *, squares: bool = False):
+        return Model.evaluate_grad(self, theta, X, y, squares=squares)
 
     def _accumulator(self) -> tuple[np.ndarray, Accumulator]:
         """A new shard-sized result vector and the accumulator adding chunks into it."""

@@ -349,6 +349,13 @@ def _check_outputs(checkpoints: Checkpointing | None, save_model, lead: bool) ->
             remove_stale_temporaries(path.parent, path.name)
 
 
+def later_scalar_defaults(kind: type[TrainState]) -> dict:
+    """The defaults of the scalar fields a state class declares as added after its first
+    checkpoints (``ADDED_LATER``): what a checkpoint written before them resumes with."""
+    fields = attrs.fields_dict(kind)
+    return {name: fields[name].default for name in getattr(kind, "ADDED_LATER", ())}
+
+
 def _decoder(trainer: Trainer, fresh: TrainState):
     """``decode(arrays, scalars)`` for :func:`checkpoint.load_latest`: the payload must have
     the names, dtypes, shapes and types of this run's fresh state, then becomes a state."""
@@ -357,6 +364,7 @@ def _decoder(trainer: Trainer, fresh: TrainState):
     def decode(arrays: dict, scalars: dict) -> TrainState:
         if isinstance(scalars.get("comm"), dict):  # written before the model-parallel collectives existed
             scalars = {**scalars, "comm": with_later_kinds(scalars["comm"])}
+        scalars = {**later_scalar_defaults(type(fresh)), **scalars}
         checkpoint.check_payload(template, arrays, scalars)
         sim = scalars.get("sim_time_s")
         if sim is not None and (isinstance(sim, bool) or not isinstance(sim, (int, float)) or not np.isfinite(sim)):

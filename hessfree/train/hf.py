@@ -29,18 +29,26 @@ Rayleigh quotient, and the extreme Ritz values of CG's and MINRES's Lanczos trid
 Every branch is decided from reduced values, so all ranks take the same one. θ is never
 modified in place: a rejected or non-finite step leaves it exactly as it was. Under model
 parallelism (``hessfree.train.layout``) θ and every θ-sized vector are sharded instead;
-reductions, inner products and finiteness tests go through the trainer's layout. Under model
-parallelism (``hessfree.train.layout``) θ and every θ-sized vector are sharded instead;
-reductions, inner products and finiteness tests go through the trainer's layout. Under model
-parallelism (``hessfree.train.layout``) θ and every θ-sized vector are sharded instead;
 reductions, inner products and finiteness tests go through the trainer's layout.
+
+The gradient taken along (a compute saving, not a change of the method): a model whose
+evaluation and gradient share one pass (``Model.fused_evaluation``) computes, with the
+first objective evaluation of step 4, this rank's gradient sums at that trial point too,
+and keeps them. When the step accepts exactly that point (the evaluated direction at
+α = 1) the next iteration's step 1 only reduces the kept sums: the same collective, the
+same numbers bit for bit, one forward pass over the data fewer. Otherwise the extra
+backward pass is lost. The gradient is taken along only when the last step accepted its
+first trial (``HFState.first_trial_won``): a walk that keeps going back wastes nothing.
+Effective epochs count the passes of an uninterrupted run, where a kept gradient costs
+none; a run resumed from a checkpoint computes that gradient again, uncharged, so that its
+records equal the uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, ClassVar
 
 import attrs
 import numpy as np
@@ -89,6 +97,9 @@ RITZ_VECTORS = 30
 class HFState(TrainState):
     """Everything an HF run carries from one outer iteration to the next."""
 
+    #: scalar fields a checkpoint written before them lacks (it resumes with their defaults)
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ("first_trial_won", "gradient_kept")
+
     damping: float
     delta: np.ndarray  # previous Krylov solution (warm start)
     loss: float = math.nan  # objective at theta (nan: not evaluated yet)
@@ -102,6 +113,12 @@ class HFState(TrainState):
     #: the most negative undamped curvature the last solve met (NaN: none), for the
     #: indefinite damping rule
     curvature_floor: float = math.nan
+    #: whether the last step accepted its first trial point: then the next step's first
+    #: trial takes the gradient along (a prediction, so a walk that keeps going back
+    #: wastes no backward passes)
+    first_trial_won: bool = True
+    #: whether θ's gradient came with the last step's accepted trial (no pass charged)
+    gradient_kept: bool = False
 
 
 class CurvatureOperator:
@@ -188,6 +205,17 @@ class Direction:
 
 
 @attrs.frozen
+class KeptGradient:
+    """This rank's unreduced gradient sums (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) at the point ``theta``
+    (the array itself: it is kept only for that object), computed beside an evaluation of
+    direction ``p`` (the array) at α = 1."""
+
+    theta: np.ndarray
+    p: np.ndarray
+    sums: tuple
+
+
+@attrs.frozen
 class Choice:
     """The chosen direction, how many objective evaluations choosing it cost, and why."""
 
@@ -245,6 +273,14 @@ class HessianFreeTrainer(Trainer):
 
     State = HFState
 
+    #: the gradient taken along (module docstring), per step: whether this step's first
+    #: trial takes it, that trial's direction and the sums computed with it; and the sums
+    #: kept at the accepted θ for the next step's gradient (None: none)
+    take_along: bool = False
+    first_trial: np.ndarray | None = None
+    trial_gradient: KeptGradient | None = None
+    kept_gradient: KeptGradient | None = None
+
     def __init__(self, model, data, config: TrainConfig, comm=None, solver: KrylovSolver | None = None):
         if not config.method.is_hessian_free:
             raise ValueError(f"HessianFreeTrainer runs HF methods, not {config.method.value}")
@@ -253,6 +289,8 @@ class HessianFreeTrainer(Trainer):
         #: the last curvature batch's forward pass, whose buffers the next one reuses
         #: (memory only: no result depends on it)
         self.workspace = None
+        #: whether the model computes an evaluation and its gradient in one pass
+        self.fused = bool(getattr(model, "fused_evaluation", False))
 
     # ------------------------------------------------------------------ state
     def initial_state(self, theta: np.ndarray | None = None) -> HFState:
@@ -266,16 +304,47 @@ class HessianFreeTrainer(Trainer):
         total = self.layout.sum_scalars(loss, wrong)
         return self.regularised(total[0] / self.n_train, theta), total[1] / self.n_train
 
+    def local_gradient(self, theta: np.ndarray, squares: bool = False) -> tuple:
+        """This rank's (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) at θ: the sums kept from the last step's
+        accepted trial when they were computed at this very θ, else one gradient pass."""
+        kept, self.kept_gradient = self.kept_gradient, None
+        if kept is not None and kept.theta is theta and (kept.sums[2] is not None) == squares:
+            return kept.sums
+        if squares:
+            return self.model.loss_grad_squares(theta, self.train)
+        return (*self.model.loss_grad(theta, self.train), None)
+
     def gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """(f(θ), ∇f(θ)): local chunked sums, one allreduce of [Σ∇ℓ, Σℓ]."""
-        loss, grad = self.model.loss_grad(theta, self.train)
+        loss, grad, _ = self.local_gradient(theta)
         return self.reduced_gradient(loss, grad, self.n_train, theta)
+
+    def objective_with_gradient(self, theta: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+        """:meth:`objective` at θ + p, keeping this rank's gradient sums there (one fused
+        pass; the same scalar allreduce and the same values as :meth:`objective`)."""
+        point = theta + p
+        squares = self.config.preconditioner is not Preconditioner.NONE
+        loss, wrong, grad, sq = self.model.evaluate_grad(point, self.train, squares=squares)
+        self.trial_gradient = KeptGradient(point, p, (loss, grad, sq))
+        total = self.layout.sum_scalars(loss, wrong)
+        return self.regularised(total[0] / self.n_train, point), total[1] / self.n_train
+
+    def trial(self, theta: np.ndarray, d: "Direction", first: bool) -> tuple[float, float]:
+        """f(θ + p) and the training error there. The first trial of a step takes the
+        gradient along when the model computes both in one pass and the last step's first
+        trial was the point accepted (so a walk that keeps going back wastes no passes)."""
+        if not first:
+            return self.objective(theta + d.p)
+        self.first_trial = d.p
+        if self.take_along:
+            return self.objective_with_gradient(theta, d.p)
+        return self.objective(theta + d.p)
 
     def gradient_and_fisher(self, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """(f(θ), ∇f(θ), F̂): the gradient and the empirical Fisher diagonal
         F̂ = (1/n)·Σᵢ ∇ℓᵢ⊙∇ℓᵢ in one pass, reduced together: **one** allreduce of
         [Σ∇ℓ, Σ∇ℓ⊙∇ℓ, Σℓ]."""
-        loss, grad, squares = self.model.loss_grad_squares(theta, self.train)
+        loss, grad, squares = self.local_gradient(theta, squares=True)
         n = grad.size
         buf = np.empty(2 * n + 1, dtype=self.dtype)
         buf[:n], buf[n:-1], buf[-1] = grad, squares, loss
@@ -346,7 +415,7 @@ class HessianFreeTrainer(Trainer):
         best: Direction | None = None
         evaluations = 0
         for d in walk:
-            d = attrs.evolve(d, value=self.objective(theta + d.p))
+            d = attrs.evolve(d, value=self.trial(theta, d, first=evaluations == 0))
             evaluations += 1
             if best is not None and math.isfinite(best.objective) and not d.objective < best.objective:
                 break
@@ -543,6 +612,8 @@ class HessianFreeTrainer(Trainer):
         counts0 = comm.counts()
         t0 = time.perf_counter()
         shift = self.solve_damping(state)
+        self.take_along = self.fused and state.first_trial_won
+        self.first_trial = self.trial_gradient = None
         with comm.phase(Phase.GRADIENT):
             f0, g, precond = self.gradient_phase(state.theta, shift)
         if not (math.isfinite(f0) and self.layout.all_finite(g)):
@@ -569,13 +640,13 @@ class HessianFreeTrainer(Trainer):
             taken = d.measured(shift, self.layout.dot)  # a Newton-type step: κ from its third-order remainder
             remainder = (ls.value - f0) - negative.model_change(d.slope, taken.undamped, ls.alpha)
             nc_scale = negative.secant_scale(nc_scale, ls.alpha * math.sqrt(taken.norm2), remainder)
+        theta, won = self.settle(state.theta, out)
         if ls.accepted:
-            step = out.step if out.step is not None else ls.alpha * d.p
-            theta, loss, train_error, rejected = state.theta + step, ls.value, ls.extra, 0
+            loss, train_error, rejected = ls.value, ls.extra, 0
         else:
-            theta, loss, train_error, rejected = state.theta, f0, state.train_error, state.rejected + 1
+            loss, train_error, rejected = f0, state.train_error, state.rejected + 1
         test_error = self.test_error(theta)
-        samples = state.samples + self.n_train * (1 + evals) + self.batch_size * (1 + op.products)
+        samples = state.samples + self.n_train * (evals + (0 if state.gradient_kept else 1)) + self.batch_size * (1 + op.products)
         source = cfg.warm_start_source
         delta = result.x if source is WarmStart.ITERATE else (d.p if source is WarmStart.DIRECTION else np.zeros_like(state.theta))
         taken = d.measured(shift, self.layout.dot)
@@ -595,6 +666,8 @@ class HessianFreeTrainer(Trainer):
             last_negative=result.negative_curvature is not None,
             nc_scale=nc_scale,
             curvature_floor=survey.floor,
+            first_trial_won=won,
+            gradient_kept=won and self.kept_gradient is not None,
         )
         record = self.record(
             new,
@@ -628,6 +701,21 @@ class HessianFreeTrainer(Trainer):
             nc_scale=new.nc_scale,
         )
         return new, record
+
+    def settle(self, theta: np.ndarray, out: Outcome) -> tuple[np.ndarray, bool]:
+        """(the next θ, whether it is the point of this step's first trial: its direction
+        at α = 1). The next θ is θ itself after a rejected step, else θ + the accepted
+        step; the first trial's array when that point won and the gradient was taken
+        along, whose sums are then kept for the next step. Decided on reduced values
+        only: the same on every rank."""
+        trial, self.trial_gradient = self.trial_gradient, None
+        won = out.accepted and out.step is None and out.alpha == 1.0 and out.direction.p is self.first_trial
+        if not out.accepted:
+            return theta, won
+        if won and trial is not None:
+            self.kept_gradient = trial
+            return trial.theta, won
+        return theta + (out.step if out.step is not None else out.alpha * out.direction.p), won
 
     def divergence(self, state: HFState, record: IterationRecord) -> str | None:
         if state.rejected >= self.config.max_rejected:

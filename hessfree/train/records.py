@@ -15,7 +15,9 @@ class IterationRecord:
 
     ``epochs`` counts effective passes over the training data: every sample pushed
     through the network by the gradient, the curvature batch's forward pass and each of
-    its products, and every objective evaluation of the backtracking and line search.
+    its products, and every objective evaluation of the backtracking and line search (an
+    evaluation that brought the next iteration's gradient along counts once, and that
+    gradient nothing).
     ``comm_phases`` holds the cumulative collectives and bytes sent per rank, per phase;
     ``comm_calls``/``comm_bytes`` are their totals. Losses include weight decay; errors
     are fractions in [0, 1].
