@@ -11,10 +11,12 @@ HF effective epochs ≤ 60. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
 
+from hessfree.models import MLP
 from hessfree.train import Callback, TrainConfig, make_run_config
 from hessfree.train.run import run
 
@@ -36,8 +38,11 @@ class StopAt(Callback):
 
 
 #: the options measured against the defaults (each changes the trajectory, so each is
-#: on by default only if it pays here)
+#: on by default only if it pays here); ``taken_along`` False runs the code path before
+#: the gradient was taken along with the line search's first trial (the same trajectory)
 HF_VARIANTS = {
+    "gradient not taken along (before)": {"taken_along": False},
+    "fig1-tuned, gradient not taken along (before)": {"damping": 0.1, "backtracking": False, "taken_along": False},
     "Martens preconditioner": {"preconditioner": "martens"},
     "no CG-backtracking": {"backtracking": False},
     "fig1-tuned: λ 0.1, no CG-backtracking": {"damping": 0.1, "backtracking": False},
@@ -57,14 +62,29 @@ def tuned_first_order(fig1: Path) -> dict[str, dict]:
     return chosen
 
 
+@contextlib.contextmanager
+def gradient_taken_along(on: bool):
+    """The MLP's fused evaluation-with-gradient on (as shipped) or off (the trainers then
+    never take the gradient along: the code path before it existed)."""
+    saved = MLP.fused_evaluation
+    MLP.fused_evaluation = on
+    try:
+        yield
+    finally:
+        MLP.fused_evaluation = saved
+
+
 def measure(name: str, values: dict, target: float) -> dict:
     hook = StopAt(target)
+    values = dict(values)
+    along = values.pop("taken_along", True)
     start = time.perf_counter()
-    result = run(make_run_config(values), [hook])
+    with gradient_taken_along(along):
+        result = run(make_run_config(values), [hook])
     wall = time.perf_counter() - start
     r = hook.reached
     return dict(
-        name=name, settings={k: v for k, v in values.items() if k not in ("data_dir",)},
+        name=name, settings={**{k: v for k, v in values.items() if k not in ("data_dir",)}, "taken_along": along},
         reached=r is not None, time_s=None if r is None else r.time_s, epochs=None if r is None else r.epochs,
         iterations=result.state.iteration, curvature_products=hook.products, wall_with_startup_s=wall,
         final_train_error=result.last.train_error if result.last else None,
