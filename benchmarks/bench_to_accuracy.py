@@ -41,12 +41,11 @@ class StopAt(Callback):
 #: on by default only if it pays here); ``taken_along`` False runs the code path before
 #: the gradient was taken along with the line search's first trial (the same trajectory)
 HF_VARIANTS = {
-    "gradient not taken along (before)": {"taken_along": False},
-    "fig1-tuned, gradient not taken along (before)": {"damping": 0.1, "backtracking": False, "taken_along": False},
+    "gradient not taken along": {"taken_along": False},
+    "CG-backtracking (gn-cg's default before)": {"backtracking": True},
+    "CG-backtracking, gradient not taken along (the defaults and code before)": {"backtracking": True, "taken_along": False},
     "Martens preconditioner": {"preconditioner": "martens"},
-    "no CG-backtracking": {"backtracking": False},
-    "fig1-tuned: λ 0.1, no CG-backtracking": {"damping": 0.1, "backtracking": False},
-    "fig1-tuned + Martens preconditioner": {"damping": 0.1, "backtracking": False, "preconditioner": "martens"},
+    "λ₀ = 0.1 (fig1-tuned)": {"damping": 0.1},
 }
 
 

@@ -81,7 +81,7 @@ def _train_options():
         click.option("--batch-size", type=int, help="Curvature batch (HF) or mini-batch (first-order), global over ranks (default: the method's)."),
         click.option("--cg-max-iter", type=int, help="Krylov iteration cap (default: the method's; Hessian-free methods only)."),
         click.option("--damping", type=float, help=f"Initial Levenberg-Marquardt λ (default {t.damping}; Hessian-free methods only)."),
-        click.option("--backtracking/--no-backtracking", default=None, help=f"CG-backtracking: walk back over the Krylov iterates while the objective decreases (default {'on' if t.backtracking else 'off'}; Hessian-free methods only)."),
+        click.option("--backtracking/--no-backtracking", default=None, help="CG-backtracking: walk back over the Krylov iterates while the objective decreases (default: the method's; off for gn-cg, on for the other Hessian-free methods)."),
         click.option("--lr", type=float, help=f"Learning rate (default {t.lr}; first-order methods only)."),
         click.option("--momentum", type=float, help=f"Momentum (default {t.momentum}; msgd only)."),
         click.option("--weight-decay", type=float, help=f"L2 weight decay μ (default {t.weight_decay})."),

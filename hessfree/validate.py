@@ -133,9 +133,9 @@ def real_field(default=_UNSET, *, optional: bool = False, **bounds):
     return _field(_default(default), lambda n, v: real(n, v, **bounds), optional)
 
 
-def bool_field(default=_UNSET):
-    """An attrs field holding a strict boolean."""
-    return _field(_default(default), boolean, False)
+def bool_field(default=_UNSET, *, optional: bool = False):
+    """An attrs field holding a strict boolean (or None when ``optional``)."""
+    return _field(_default(default), boolean, optional)
 
 
 def enum_field(kind: type[enum.Enum], default=_UNSET, *, optional: bool = False):

@@ -292,7 +292,9 @@ def _run(config: dict, comm=None):
 
 
 def test_warm_start_source_and_init_scale():
-    data_config = dict(method="gn-cg", hidden="12", iterations=2, seed=2, batch_size=300, cg_max_iter=10, quiet=True)
+    # with CG-backtracking, so that the direction taken can differ from the last iterate
+    data_config = dict(method="gn-cg", hidden="12", iterations=2, seed=2, batch_size=300, cg_max_iter=10, quiet=True,
+                       backtracking=True)
     base, _, _ = _run(data_config)
     same, _, _ = _run({**data_config, "warm_start_source": "iterate"})
     assert [r.loss for r in base] == [r.loss for r in same]

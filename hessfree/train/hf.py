@@ -392,7 +392,7 @@ class HessianFreeTrainer(Trainer):
             (walk if d.kind == CandidateKind.ITERATE.value else extra).append(d)
         walk = [d for d in walk if d.slope < 0]  # gᵀp < 0 implies p ≠ 0
         extra = [d for d in extra if d.slope < 0]
-        if not self.config.backtracking:
+        if not self.config.walk_back:
             walk = walk[:1]
         return walk, extra
 
@@ -424,7 +424,7 @@ class HessianFreeTrainer(Trainer):
         return best, evaluations
 
     def _walk_reason(self) -> str:
-        return "walk_back" if self.config.backtracking else "last_iterate"
+        return "walk_back" if self.config.walk_back else "last_iterate"
 
     def choose_direction(self, result: SolveResult, g: np.ndarray, theta: np.ndarray, op: CurvatureOperator) -> Choice:
         """CG-backtracking: walk back from the last iterate while f(θ + p) decreases.
