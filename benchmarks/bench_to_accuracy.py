@@ -1,6 +1,6 @@
 """Time to 1% training error on MNIST 784-400-10 (float32): hessfree's default HF method
-against momentum SGD and Adam with the learning rates the fig1 experiment's tuning chose,
-all in one run of this script on this machine. Writes benchmarks/results/to_accuracy.json.
+against momentum SGD and Adam with the learning rates the fig1 experiment's tuning chose (each
+run three times, the fastest counting), all in one run of this script on this machine. Writes benchmarks/results/to_accuracy.json.
 
 The issue's goals, printed as ratios: HF wall time ≤ 2× each first-order method's, and
 HF effective epochs ≤ 60. Usage:
@@ -90,18 +90,32 @@ def measure(name: str, values: dict, target: float) -> dict:
     )
 
 
+def fastest_first_order(base: dict, target: float, repeats: int) -> dict[str, dict]:
+    """Momentum SGD and Adam at fig1's tuned settings, each run ``repeats`` times, the
+    fastest to the target counting (their many small steps vary by up to 30% run to run
+    here; HF's time by about 1%), with every run's time."""
+    out = {}
+    for method, settings in tuned_first_order(HERE / "results" / "fig1").items():
+        runs = [measure(f"{method} (fig1-tuned)", {**base, "method": method, "epochs": 40, **settings}, target)
+                for _ in range(repeats)]
+        reached = [r for r in runs if r["time_s"] is not None]
+        best = min(reached, key=lambda r: r["time_s"]) if reached else runs[0]
+        out[method] = {**best, "time_s_runs": [r["time_s"] for r in runs]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--target", type=float, default=0.01)
+    parser.add_argument("--first-order-repeats", type=int, default=3, help="runs of each first-order method (fastest counts)")
     parser.add_argument("--out", default=str(HERE / "results" / "to_accuracy.json"))
     args = parser.parse_args()
     base = dict(dataset="mnist", data_dir=args.data_dir, hidden="400", dtype="float32", seed=0, quiet=True)
     default = TrainConfig().method.value
     hf_runs = [measure(f"{default} ({name})", {**base, "iterations": 60, **options}, args.target)
                for name, options in {"defaults": {}, **HF_VARIANTS}.items()]
-    first_order = [measure(f"{method} (fig1-tuned)", {**base, "method": method, "epochs": 40, **settings}, args.target)
-                   for method, settings in tuned_first_order(HERE / "results" / "fig1").items()]
+    first_order = list(fastest_first_order(base, args.target, args.first_order_repeats).values())
     runs, hf = hf_runs + first_order, hf_runs[0]
     ratios = {r["name"]: (hf["time_s"] / r["time_s"]) if hf["time_s"] and r["time_s"] else None for r in first_order}
     out = dict(target=args.target, runs=runs, hf_over_first_order_wall=ratios,

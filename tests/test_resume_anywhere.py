@@ -204,3 +204,15 @@ def test_mnist_files_copied_to_another_directory_resume(tmp_path):
     result = invoke("train", *args, "--data-dir", copy, "--iterations", "2", "--resume", "--comm", "threads", "--ranks", "2")
     assert result.exit_code == 0, result.output
     assert "resumed from iteration 1" in result.stdout and "1 rank (serial) → 2 ranks (threads)" in result.stdout
+
+
+def test_the_trajectory_holds_the_resolved_backtracking():
+    """A default run keeps the identity its checkpoints had when CG-backtracking was every
+    HF method's default; a default gn-cg run (now the last iterate) does not."""
+    def train(**values):
+        return make_run_config(dict(dataset="digits", **values)).trajectory()["train"]
+
+    assert train(method="bicgstab") == train(method="bicgstab", backtracking=True)
+    assert train(method="msgd") == train(method="msgd", backtracking=True)
+    assert train(method="gn-cg") == train(method="gn-cg", backtracking=False)
+    assert train(method="gn-cg")["backtracking"] is False and train(method="gn-cg", backtracking=True)["backtracking"] is True

@@ -16,6 +16,11 @@ other          test-set forward on ⌈n_test/P⌉ rows             1 scalar allr
                                                                only with a test set
 =============  ==============================================  =====================
 
+The compute column is the paper's Algorithm 2. The trainer's gradient taken along
+(``hessfree.train.hf``) moves the gradient's local work of an iteration whose last step
+accepted its first trial into that trial's pass, which saves one forward pass on ⌈n/P⌉
+rows; the model charges it, an upper bound by that much. The collectives are unchanged.
+
 Data-parallel SGD: an update is a gradient on ⌈b/P⌉ rows and 1 allreduce of (d+1)·s
 bytes; an epoch is ⌊n/b⌋ updates plus one evaluation (train and test forward passes,
 1 scalar allreduce of 24 bytes). These are exactly the collectives the trainers issue,

@@ -137,6 +137,9 @@ class RunConfig:
         train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self.train).items()}
         for key in ("iterations", "epochs", "max_rejected"):
             train.pop(key)
+        # resolved, as checkpoints before the per-method default stored it: a default run of
+        # any method but gn-cg (whose default became the last iterate) keeps its identity
+        train["backtracking"] = self.train.walk_back
         return dict(
             dataset=self.dataset.value,
             data=self.data_fingerprint() if data is None or not data.fingerprint else data.fingerprint,
