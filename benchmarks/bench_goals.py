@@ -14,7 +14,7 @@ ratios against their targets. Writes benchmarks/results/goals.json.
    MNIST (median of iterations 2 to ``--hf-iterations``, serial and threaded runs
    alternating; goal ≤ 1.5).
 
-Usage (about 6 minutes on 2 idle cores; run it alone, it measures time)::
+Usage (about 4 minutes on 2 idle cores; run it alone, it measures time)::
 
     python benchmarks/bench_goals.py --data-dir ../shared/data/mnist
 """

@@ -92,8 +92,8 @@ def measure(name: str, values: dict, target: float) -> dict:
 
 def fastest_first_order(base: dict, target: float, repeats: int) -> dict[str, dict]:
     """Momentum SGD and Adam at fig1's tuned settings, each run ``repeats`` times, the
-    fastest to the target counting (their many small steps vary by up to 30% run to run
-    here; HF's time by about 1%), with every run's time."""
+    fastest to the target counting (their many small steps varied by up to 60% from run to
+    run here, HF's time by about 5%), with every run's time."""
     out = {}
     for method, settings in tuned_first_order(HERE / "results" / "fig1").items():
         runs = [measure(f"{method} (fig1-tuned)", {**base, "method": method, "epochs": 40, **settings}, target)
