@@ -144,3 +144,21 @@ def test_a_checkpoint_written_before_the_kept_gradient_resumes_on_the_same_traje
     rest = fit(MLP([64, 16, 10]), digits, config, checkpoints=saves, resume=True).history
     assert [r.iteration for r in rest] == [4, 5]
     assert [r.loss for r in rest] == [r.loss for r in whole[3:]]
+
+
+def test_every_rank_keeps_the_same_gradients_as_serial(monkeypatch):
+    """Thread ranks decide alike when to keep a gradient (reduced values only): the same
+    losses as serial to rounding, and the same effective epochs, so the same keeps."""
+    from hessfree.comm import run_threads
+    from test_train import run_records
+
+    config = case_config("gn-cg", iterations=8)  # the last iterate: most steps keep theirs
+    serial = run_records(config, SerialComm())[0]
+    with monkeypatch.context() as patch:
+        patch.setattr(MLP, "fused_evaluation", False)
+        separate = run_records(config, SerialComm())[0]
+    assert [r.loss for r in separate] == [r.loss for r in serial]
+    assert serial[-1].epochs <= separate[-1].epochs - 4  # at least 4 kept, each one pass saved
+    for records in run_threads(lambda comm: run_records(config, comm)[0], 3):
+        np.testing.assert_allclose([r.loss for r in records], [r.loss for r in serial], rtol=1e-10)
+        assert [r.epochs for r in records] == [r.epochs for r in serial]
