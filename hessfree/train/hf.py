@@ -207,11 +207,9 @@ class Direction:
 @attrs.frozen
 class KeptGradient:
     """This rank's unreduced gradient sums (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) at the point ``theta``
-    (the array itself: it is kept only for that object), computed beside an evaluation of
-    direction ``p`` (the array) at α = 1."""
+    (the array itself: they serve that object only), computed beside its evaluation."""
 
     theta: np.ndarray
-    p: np.ndarray
     sums: tuple
 
 
@@ -325,7 +323,7 @@ class HessianFreeTrainer(Trainer):
         point = theta + p
         squares = self.config.preconditioner is not Preconditioner.NONE
         loss, wrong, grad, sq = self.model.evaluate_grad(point, self.train, squares=squares)
-        self.trial_gradient = KeptGradient(point, p, (loss, grad, sq))
+        self.trial_gradient = KeptGradient(point, (loss, grad, sq))
         total = self.layout.sum_scalars(loss, wrong)
         return self.regularised(total[0] / self.n_train, point), total[1] / self.n_train
 
