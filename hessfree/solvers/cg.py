@@ -43,6 +43,7 @@ from typing import ClassVar
 import attrs
 import numpy as np
 
+from hessfree.solvers.fused import axpy, scale_add
 from hessfree.solvers._problem import Candidates, Problem, Tracker, all_finite, confirm_convergence, orient_downhill, start
 from hessfree.solvers.base import (
     CandidateKind,
@@ -214,8 +215,8 @@ def _iterate(config: CG, problem: Problem, tracker: Tracker, lanczos: _Lanczos) 
         alpha = rz / pAp
         # new arrays, never in place: stored iterates are references, and a bad step
         # must leave the last good (x, r) untouched
-        x_next = x + alpha * p
-        r_next = r - alpha * Ap
+        x_next = axpy(x, alpha, p)  # x + α·p in one pass (``hessfree.solvers.fused``)
+        r_next = axpy(r, -alpha, Ap)  # r − α·A·p
         q, bx, xax = tracker.model_terms(x_next, r_next)
         rnorm = problem.norm(r_next)
         if not all_finite(alpha, q, rnorm):
@@ -234,6 +235,5 @@ def _iterate(config: CG, problem: Problem, tracker: Tracker, lanczos: _Lanczos) 
         beta = rz_next / rz  # makes p_{i+1} A-conjugate to p_i
         lanczos.beta.append(beta)
         rz = rz_next
-        p *= beta
-        p += z
+        scale_add(p, beta, 1.0, z)  # p ← β·p + z
     return StopReason.MAX_ITER

@@ -57,6 +57,7 @@ from hessfree.comm import Phase
 from hessfree.errors import DivergedError
 from hessfree.methods import DampingRule, NegativeCurvatureRule, Preconditioner, WarmStart, next_curvature
 from hessfree.solvers import CG, CandidateKind, Curvature, KrylovSolver, SolveResult
+from hessfree.solvers.fused import scale_add
 from hessfree.train import negative
 from hessfree.train.batches import curvature_window
 from hessfree.train.config import TrainConfig
@@ -139,9 +140,10 @@ class CurvatureOperator:
     def __call__(self, v: np.ndarray) -> np.ndarray:
         out = self._product(v)
         self._layout.reduce(out)
-        out *= self._inv_b
         if self._shift:
-            out += self._shift * v
+            scale_add(out, self._inv_b, self._shift, v)  # one pass over the vector
+        else:
+            out *= self._inv_b
         self.products += 1
         return out
 
