@@ -300,7 +300,10 @@ class HessianFreeTrainer(Trainer):
     # ------------------------------------------------------------------ phases
     def objective(self, theta: np.ndarray) -> tuple[float, float]:
         """(f(θ), training error) over all ranks: one scalar allreduce."""
-        loss, wrong = self.model.evaluate(theta, self.train)
+        return self.reduced_objective(theta, *self.model.evaluate(theta, self.train))
+
+    def reduced_objective(self, theta: np.ndarray, loss: float, wrong: float) -> tuple[float, float]:
+        """(f(θ), training error) from this rank's Σℓ and error count: one scalar allreduce."""
         total = self.layout.sum_scalars(loss, wrong)
         return self.regularised(total[0] / self.n_train, theta), total[1] / self.n_train
 
@@ -326,18 +329,16 @@ class HessianFreeTrainer(Trainer):
         squares = self.config.preconditioner is not Preconditioner.NONE
         loss, wrong, grad, sq = self.model.evaluate_grad(point, self.train, squares=squares)
         self.trial_gradient = KeptGradient(point, (loss, grad, sq))
-        total = self.layout.sum_scalars(loss, wrong)
-        return self.regularised(total[0] / self.n_train, point), total[1] / self.n_train
+        return self.reduced_objective(point, loss, wrong)
 
     def trial(self, theta: np.ndarray, d: "Direction", first: bool) -> tuple[float, float]:
         """f(θ + p) and the training error there. The first trial of a step takes the
         gradient along when the model computes both in one pass and the last step's first
         trial was the point accepted (so a walk that keeps going back wastes no passes)."""
-        if not first:
-            return self.objective(theta + d.p)
-        self.first_trial = d.p
-        if self.take_along:
-            return self.objective_with_gradient(theta, d.p)
+        if first:
+            self.first_trial = d.p
+            if self.take_along:
+                return self.objective_with_gradient(theta, d.p)
         return self.objective(theta + d.p)
 
     def gradient_and_fisher(self, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
