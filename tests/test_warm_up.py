@@ -34,3 +34,36 @@ def test_warm_up_leaves_the_model_unchanged():
     twin = MLP([6, 5, 3], parallel=True)
     model.warm_up()
     assert model == twin and model.kernels is K.kernels(True)
+
+
+def test_the_solvers_fused_updates_compile_in_the_warm_up():
+    """``fit``'s warm-up also compiles the Krylov updates: a CG solve afterwards, in float32
+    and float64, with the trainer's damped operator, compiles nothing more."""
+    from hessfree.comm import SerialComm
+    from hessfree.solvers import CG, fused
+    from hessfree.train.hf import CurvatureOperator
+    from hessfree.train.layout import DataParallel
+
+    fused.warm_up()
+    kernels = (fused._axpy_into, fused._scale_add)
+    for kernel in kernels:
+        assert {"float32", "float64"} <= {str(sig[0].dtype) for sig in kernel.signatures}
+    before = [len(k.signatures) for k in kernels]
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        A = rng.standard_normal((20, 20)).astype(dtype)
+        A = A @ A.T
+        op = CurvatureOperator(lambda v: A @ v, DataParallel(SerialComm(), None), batch_size=4, shift=0.5)
+        CG(max_iter=15, rtol=0.0, progress_tol=0.0).solve(op, rng.standard_normal(20).astype(dtype))
+    assert [len(k.signatures) for k in kernels] == before
+
+
+def test_fit_warms_the_fused_updates_up(monkeypatch):
+    from hessfree.data import load_dataset
+    from hessfree.solvers import fused
+    from hessfree.train import TrainConfig, fit
+
+    calls = []
+    monkeypatch.setattr(fused, "warm_up", lambda: calls.append("fused"))
+    fit(MLP([64, 8, 10]), load_dataset("digits"), TrainConfig(iterations=1, batch_size=100, cg_max_iter=3))
+    assert calls == ["fused"]
