@@ -43,7 +43,7 @@ class StopAt(Callback):
 HF_VARIANTS = {
     "gradient not taken along": {"taken_along": False},
     "CG-backtracking (gn-cg's default before)": {"backtracking": True},
-    "CG-backtracking, gradient not taken along (the defaults and code before)": {"backtracking": True, "taken_along": False},
+    "CG-backtracking, gradient not taken along (the defaults before)": {"backtracking": True, "taken_along": False},
     "Martens preconditioner": {"preconditioner": "martens"},
     "λ₀ = 0.1 (fig1-tuned)": {"damping": 0.1},
 }
