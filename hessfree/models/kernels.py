@@ -128,6 +128,23 @@ def _curv_ratio(code, a, one):
     return math.exp(-a)
 
 
+# The kernels below take the activation code as an argument, but their inner loops must
+# not test it: a branch on ``code`` (or ``has2``) inside the loop over a row keeps LLVM
+# from vectorizing it (measured: 3.7 ms against 0.8 ms for one 8192×400 float32 tanh
+# backprop, 19 ms against 1 ms for relu). So each kernel's row work is an inlined helper
+# whose code is a constant at its call site: the kernel picks the specialized copy once
+# per block of rows (or per row). Same arithmetic in the same order, so the same bits.
+
+
+@numba.njit(inline="always", **JIT)
+def _backprop_rows(G, A, part, lo, hi, code, one):
+    for i in range(lo, hi):
+        for j in range(G.shape[1]):
+            d = G[i, j] * _dact(code, A[i, j], one)
+            G[i, j] = d
+            part[j] += d
+
+
 def backprop_activation(G, A, code, colsum):
     """δ = G ⊙ f'(z) in place over G; colsum ← Σ_rows δ (the bias gradient).
 
@@ -138,12 +155,32 @@ def backprop_activation(G, A, code, colsum):
     nb = _n_blocks(n)
     part = np.zeros((nb, m), dtype=colsum.dtype)
     for blk in prange(nb):
-        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            for j in range(m):
-                d = G[i, j] * _dact(code, A[i, j], one)
-                G[i, j] = d
-                part[blk, j] += d
+        lo, hi, p = blk * BLOCK, min(n, (blk + 1) * BLOCK), part[blk]
+        if code == TANH:
+            _backprop_rows(G, A, p, lo, hi, TANH, one)
+        elif code == SIGMOID:
+            _backprop_rows(G, A, p, lo, hi, SIGMOID, one)
+        elif code == RELU:
+            _backprop_rows(G, A, p, lo, hi, RELU, one)
+        elif code == SOFTPLUS:
+            _backprop_rows(G, A, p, lo, hi, SOFTPLUS, one)
+        else:
+            _backprop_rows(G, A, p, lo, hi, LINEAR, one)
     _sum_blocks(part, colsum)
+
+
+@numba.njit(inline="always", **JIT)
+def _r_activation_row(P1, P2, has2, vb, A, RA, i, code, one):
+    if has2:
+        for j in range(P1.shape[1]):
+            rz = P1[i, j] + vb[j] + P2[i, j]
+            P1[i, j] = rz
+            RA[i, j] = _dact(code, A[i, j], one) * rz
+    else:
+        for j in range(P1.shape[1]):
+            rz = P1[i, j] + vb[j]
+            P1[i, j] = rz
+            RA[i, j] = _dact(code, A[i, j], one) * rz
 
 
 def r_activation(P1, P2, has2, vb, A, code, RA):
@@ -154,25 +191,39 @@ def r_activation(P1, P2, has2, vb, A, code, RA):
     R(z_l) over P1 and R(a_l) = f'(z_l) ⊙ R(z_l) into RA.
     """
     one = P1.dtype.type(1.0)
-    n, m = P1.shape
-    for i in prange(n):
-        for j in range(m):
-            rz = P1[i, j] + vb[j]
-            if has2:
-                rz += P2[i, j]
-            P1[i, j] = rz
-            RA[i, j] = _dact(code, A[i, j], one) * rz
+    for i in prange(P1.shape[0]):
+        if code == TANH:
+            _r_activation_row(P1, P2, has2, vb, A, RA, i, TANH, one)
+        elif code == SIGMOID:
+            _r_activation_row(P1, P2, has2, vb, A, RA, i, SIGMOID, one)
+        elif code == RELU:
+            _r_activation_row(P1, P2, has2, vb, A, RA, i, RELU, one)
+        elif code == SOFTPLUS:
+            _r_activation_row(P1, P2, has2, vb, A, RA, i, SOFTPLUS, one)
+        else:
+            _r_activation_row(P1, P2, has2, vb, A, RA, i, LINEAR, one)
 
 
 def r_output(P1, P2, has2, vb):
     """R(z_L) = P1 + P2 + v_b over P1, for the linear output layer."""
     n, m = P1.shape
     for i in prange(n):
-        for j in range(m):
-            rz = P1[i, j] + vb[j]
-            if has2:
-                rz += P2[i, j]
-            P1[i, j] = rz
+        if has2:
+            for j in range(m):
+                P1[i, j] = P1[i, j] + vb[j] + P2[i, j]
+        else:
+            for j in range(m):
+                P1[i, j] = P1[i, j] + vb[j]
+
+
+@numba.njit(inline="always", **JIT)
+def _r_backprop_rows(G1, G2, D, A, RZ, part, lo, hi, code, one):
+    for i in range(lo, hi):
+        for j in range(G1.shape[1]):
+            a = A[i, j]
+            r = (G1[i, j] + G2[i, j]) * _dact(code, a, one) + D[i, j] * _curv_ratio(code, a, one) * RZ[i, j]
+            G1[i, j] = r
+            part[j] += r
 
 
 def r_backprop_activation(G1, G2, D, A, RZ, code, colsum):
@@ -188,12 +239,17 @@ def r_backprop_activation(G1, G2, D, A, RZ, code, colsum):
     nb = _n_blocks(n)
     part = np.zeros((nb, m), dtype=colsum.dtype)
     for blk in prange(nb):
-        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            for j in range(m):
-                a = A[i, j]
-                r = (G1[i, j] + G2[i, j]) * _dact(code, a, one) + D[i, j] * _curv_ratio(code, a, one) * RZ[i, j]
-                G1[i, j] = r
-                part[blk, j] += r
+        lo, hi, p = blk * BLOCK, min(n, (blk + 1) * BLOCK), part[blk]
+        if code == TANH:
+            _r_backprop_rows(G1, G2, D, A, RZ, p, lo, hi, TANH, one)
+        elif code == SIGMOID:
+            _r_backprop_rows(G1, G2, D, A, RZ, p, lo, hi, SIGMOID, one)
+        elif code == RELU:
+            _r_backprop_rows(G1, G2, D, A, RZ, p, lo, hi, RELU, one)
+        elif code == SOFTPLUS:
+            _r_backprop_rows(G1, G2, D, A, RZ, p, lo, hi, SOFTPLUS, one)
+        else:
+            _r_backprop_rows(G1, G2, D, A, RZ, p, lo, hi, LINEAR, one)
     _sum_blocks(part, colsum)
 
 
