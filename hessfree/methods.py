@@ -146,7 +146,7 @@ class Method(enum.Enum):
         CG,
         # the last iterate: on digits, MNIST 784-400-10 and 784-400-150-10 and a deep
         # autoencoder it reached every target in the same (±1) iterations as walking
-        # back, with 0.64-0.86x the effective epochs (benchmarks/studies/backtracking-*)
+        # back, with 0.64-0.90x the effective epochs (benchmarks/studies/backtracking-*)
         backtracking=False,
     )
     HESS_CG = "hess-cg", _hf("exact Hessian + CG, stops on negative curvature", Curvature.EXACT, CG)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hessfree.cost import (
-    Blocks, Collective, CostModel, EfficiencyCurve, Network, NodeSpec, Work, flops_per_sample, gemm_plan,
-    model_parallel_exact, model_parallel_paper, n_params, paper_node,
+    Blocks, Collective, CostModel, EfficiencyCurve, Layout, Network, NodeSpec, Work, flops_per_sample, gemm_plan,
+    model_parallel_exact, model_parallel_paper, n_params, paper_node, predict_layout,
 )
 from hessfree.cost.network import log2_ceil
 from hessfree.errors import ConfigError
@@ -178,6 +178,52 @@ def test_hf_iteration_hand_computed():
     assert p.epochs_per_iteration == pytest.approx((1000 * 3 + 100 * 7) / 1000)
     gn = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=2)
     assert gn.curvature_products == 3
+
+
+def test_the_gradient_taken_along_moves_its_pass_between_phases():
+    """A kept gradient costs its allreduce only; a first trial that took the gradient along
+    is a gradient pass instead of a forward pass; the collectives do not change."""
+    model = small_model(collective="tree")
+    d, s = model.n_params, 8
+    net, layers = model.network, model.layers
+    f = lambda w: flops_per_sample(layers, w) / 1e9  # noqa: E731
+    plain = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=2)
+    kept = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=2, gradient_kept=True, gradient_along=True)
+    assert kept.time_gradient_s == pytest.approx(net.allreduce(2, (d + 1) * s, "tree"))
+    assert kept.time_line_search_s == pytest.approx(500 * (f(Work.GRADIENT) + f(Work.FORWARD)) + 2 * net.allreduce(2, 16, "tree"))
+    assert kept.time_solve_s == plain.time_solve_s
+    assert (kept.collectives_per_iteration, kept.bytes_per_iteration) == (plain.collectives_per_iteration, plain.bytes_per_iteration)
+    assert kept.epochs_per_iteration == pytest.approx((1000 * 2 + 100 * 4) / 1000)
+    assert plain.epochs_per_iteration == pytest.approx((1000 * 3 + 100 * 4) / 1000)
+    # no trial, nothing taken along
+    none = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=0, gradient_along=True)
+    assert none.time_line_search_s == 0.0
+    # the layout prediction on one model slice agrees
+    for flags in (dict(), dict(gradient_kept=True), dict(gradient_along=True), dict(gradient_kept=True, gradient_along=True)):
+        one = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=2, **flags)
+        lay = predict_layout(model, "gn-cg", 100, Layout(data=2, model=1), krylov_iterations=3, line_search_evals=2, **flags)
+        for key in ("time_gradient_s", "time_line_search_s", "time_per_iteration_s", "epochs_per_iteration"):
+            assert getattr(lay, key) == pytest.approx(getattr(one, key)), (flags, key)
+
+
+def test_predicted_epochs_equal_a_real_runs_records():
+    """Replaying a run's records (products, evaluations, gradient kept) gives the epochs
+    the trainer counted, iteration by iteration."""
+    from hessfree.data import load_digits
+    from hessfree.models import MLP
+    from hessfree.train import TrainConfig, fit
+
+    data = load_digits()
+    model = MLP([64, 20, 10])
+    history = fit(model, data, TrainConfig(iterations=8, batch_size=300, cg_max_iter=20)).history
+    assert any(r.gradient_kept for r in history) and any(r.gradient_along for r in history)
+    cost = CostModel(layers=(64, 20, 10), samples=data.n_train, node=NodeSpec(flops=1e9), network=Network(latency=0.0, inverse_bandwidth=0.0))
+    previous = 0.0
+    for r in history:
+        p = cost.predict("gn-cg", 300, 1, curvature_products=r.curvature_products, line_search_evals=r.line_search_evals,
+                         gradient_kept=r.gradient_kept, gradient_along=r.gradient_along)
+        assert r.epochs - previous == pytest.approx(p.epochs_per_iteration)
+        previous = r.epochs
 
 
 def test_sgd_epoch_counts():

@@ -87,6 +87,8 @@ def steps(t: HessianFreeTrainer, n: int):
 
 
 TIMES = {"time_s", "time_gradient_s", "time_solve_s", "time_line_search_s", "epochs"}
+#: where the work went (checked on their own below)
+TAKEN_ALONG = {"gradient_kept", "gradient_along"}
 
 
 @pytest.mark.parametrize("train", [dict(backtracking=False), dict(), dict(backtracking=False, preconditioner="martens")],
@@ -98,12 +100,17 @@ def test_the_trajectory_is_bitwise_the_one_without_it_and_only_passes_are_saved(
     for (sa, ra), (sb, rb) in zip(a, b):
         np.testing.assert_array_equal(sa.theta, sb.theta)
         da, db = ra.as_dict(), rb.as_dict()
-        assert {k: v for k, v in da.items() if k not in TIMES} == {k: v for k, v in db.items() if k not in TIMES}
+        assert {k: v for k, v in da.items() if k not in TIMES | TAKEN_ALONG} == {k: v for k, v in db.items() if k not in TIMES | TAKEN_ALONG}
         saved = rb.epochs - ra.epochs  # cumulative: one epoch per kept gradient so far
         assert saved == pytest.approx(round(saved), abs=1e-9) and round(saved) >= kept
         kept = round(saved)
     assert kept >= 1  # the case exercises it
     assert plain.model.gradient_passes - fused.model.gradient_passes == kept
+    # the records say where the work went: as many kept gradients as passes saved, each
+    # after a step whose first trial took it along; the plain run took none along
+    assert sum(r.gradient_kept for _, r in a) == kept
+    assert all(prev.gradient_along for (_, prev), (_, r) in zip(a, a[1:]) if r.gradient_kept)
+    assert not any(r.gradient_kept or r.gradient_along for _, r in b)
     # the collectives are the same calls in the same phases
     assert a[-1][0].comm == b[-1][0].comm and a[-1][0].comm[Phase.GRADIENT].collectives == 8
 

@@ -37,7 +37,7 @@ import attrs
 
 from hessfree.cost._checks import count
 from hessfree.cost.compute import Work
-from hessfree.cost.model import Blocks, CostMethod, CostModel, Prediction
+from hessfree.cost.model import Blocks, CostMethod, CostModel, Prediction, TakenAlong, hf_epochs
 
 #: inner products per Krylov iteration (each a scalar allreduce under model parallelism),
 #: counted on the solvers' ``dot`` calls over 40 iterations: CG 5.1 (6.2 keeping its
@@ -127,10 +127,13 @@ def predict_layout(
     krylov_iterations: int = 10,
     line_search_evals: int = 3,
     curvature_products: int | None = None,
+    gradient_kept: bool = False,
+    gradient_along: bool = False,
 ) -> LayoutPrediction:
     """Time per iteration of ``method`` on ``layout`` (P_m = 1: :meth:`CostModel.predict`'s
     numbers); HF does ``krylov_iterations`` × (1 or 2) products unless
-    ``curvature_products`` gives their number (e.g. a real run's record)."""
+    ``curvature_products`` gives their number (e.g. a real run's record);
+    ``gradient_kept``/``gradient_along`` as in :meth:`CostModel.predict`."""
     method = CostMethod(method)
     b = min(count("batch", batch), cost.samples)
     if layout.model > min(cost.layers[1:]):
@@ -140,7 +143,7 @@ def predict_layout(
         K = count("krylov_iterations", krylov_iterations, 0)
         L = count("line_search_evals", line_search_evals, 0)
         q = K * method.products_per_step if curvature_products is None else count("curvature_products", curvature_products, 0)
-        return _hf(cost, method, b, x, K, q, L)
+        return _hf(cost, method, b, x, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0))
     # sgd-mp counts what a model-parallel run issues even on one node
     return _sgd(cost, method, b, x, sharded=layout.model > 1 or method is CostMethod.SGD_MODEL_PARALLEL)
 
@@ -157,10 +160,10 @@ def _row(cost: CostModel, method: CostMethod, b: int, x: _Pieces, times: dict, c
     )
 
 
-def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int, L: int) -> LayoutPrediction:
+def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int, L: int, along: TakenAlong) -> LayoutPrediction:
     n, t, s = cost.samples, cost.test_samples, cost.itemsize
     hv = method.product is Work.HV
-    grad_c = x.compute(Work.GRADIENT, x.rows(n), True)
+    grad_c = 0.0 if along.kept else x.compute(Work.GRADIENT, x.rows(n), True)
     grad_m = x.exchange(x.rows(n)) + x.across_groups((x.shard + 1) * s)
     solve_c = x.compute(Work.FORWARD, x.rows(b)) + (x.compute(Work.DELTAS, x.rows(b)) if hv else 0.0)
     solve_c += q * x.compute(method.product, x.rows(b))
@@ -168,6 +171,8 @@ def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int,
     solve_m = x.exchange(x.rows(b), scatters=False) + (x.exchange(x.rows(b), gathers=False) if hv else 0.0)
     solve_m += q * (x.exchange(x.rows(b)) + x.across_groups(x.shard * s)) + dots * x.in_group_scalar()
     ls_c = L * x.compute(Work.FORWARD, x.rows(n), True)
+    if along.first_trial:
+        ls_c += x.compute(Work.GRADIENT, x.rows(n), True) - x.compute(Work.FORWARD, x.rows(n), True)
     ls_m = L * (x.exchange(x.rows(n), scatters=False) + x.across_groups(16))
     other_c = x.compute(Work.FORWARD, x.rows(t), True) if t else 0.0
     other_m = (x.exchange(x.rows(t), scatters=False) + x.across_groups(8) if t else 0.0) + x.in_group_scalar()
@@ -177,7 +182,7 @@ def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int,
         total = mp + total if x.Pd > 1 else mp
     counts = (total.collectives, total.bytes)
     compute, comm = grad_c + solve_c + ls_c + other_c, grad_m + solve_m + ls_m + other_m
-    epochs = (n * (1 + L) + b * (1 + q)) / n
+    epochs = hf_epochs(n, b, q, L, along.kept)
     total = compute + comm
     times = dict(time_gradient_s=grad_c + grad_m, time_solve_s=solve_c + solve_m, time_line_search_s=ls_c + ls_m,
                  time_other_s=other_c + other_m)

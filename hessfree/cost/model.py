@@ -17,9 +17,11 @@ other          test-set forward on ⌈n_test/P⌉ rows             1 scalar allr
 =============  ==============================================  =====================
 
 The compute column is the paper's Algorithm 2. The trainer's gradient taken along
-(``hessfree.train.hf``) moves the gradient's local work of an iteration whose last step
-accepted its first trial into that trial's pass, which saves one forward pass on ⌈n/P⌉
-rows; the model charges it, an upper bound by that much. The collectives are unchanged.
+(``hessfree.train.hf``) moves work between phases; an iteration's record says where, and
+the predictions take it (``gradient_kept``, ``gradient_along``): a kept gradient costs
+its allreduce only (its pass was the last step's first trial), and a first trial that
+took the gradient along is a gradient pass instead of a forward pass. The collectives are
+unchanged. Without the two flags (the defaults) the prediction is Algorithm 2's.
 
 Data-parallel SGD: an update is a gradient on ⌈b/P⌉ rows and 1 allreduce of (d+1)·s
 bytes; an epoch is ⌊n/b⌋ updates plus one evaluation (train and test forward passes,
@@ -165,6 +167,22 @@ class Prediction:
         return self.time_solve_s / self.time_per_iteration_s if self.time_per_iteration_s else 0.0
 
 
+@attrs.frozen
+class TakenAlong:
+    """Where an HF iteration's gradient work went (module docstring): ``kept``, its
+    gradient came with the last step's first trial; ``first_trial``, this step's first
+    trial computed the gradient at its point too."""
+
+    kept: bool = False
+    first_trial: bool = False
+
+
+def hf_epochs(n: int, b: int, products: int, evaluations: int, kept: bool) -> float:
+    """Effective epochs of one HF iteration, as the trainer counts them: the gradient pass
+    (none when kept), the curvature batch's forward pass and products, the evaluations."""
+    return (n * (evaluations + (0 if kept else 1)) + b * (1 + products)) / n
+
+
 def model_parallel_exact(layers: Sequence[int], samples: int, batch: int) -> tuple[int, int]:
     """(values exchanged, synchronizations) per epoch of model-parallel SGD, exactly."""
     d = check_layers(layers)
@@ -308,26 +326,30 @@ class CostModel:
         krylov_iterations: int = 10,
         line_search_evals: int = 3,
         curvature_products: int | None = None,
+        gradient_kept: bool = False,
+        gradient_along: bool = False,
     ) -> Prediction:
         """Time, collectives and bytes of one iteration of ``method`` at this batch and P.
 
         HF does ``krylov_iterations`` × (1 or 2) curvature products, unless
-        ``curvature_products`` gives the number directly (e.g. a real run's record)."""
+        ``curvature_products`` gives the number directly (e.g. a real run's record);
+        ``gradient_kept``/``gradient_along`` as in the module docstring (a record's)."""
         method = _enum(CostMethod)(method)
         batch, nodes = count("batch", batch), count("nodes", nodes)
         batch = min(batch, self.samples)
         if method.is_hessian_free:
             K = count("krylov_iterations", krylov_iterations, 0)
             q = K * method.products_per_step if curvature_products is None else count("curvature_products", curvature_products, 0)
-            return self._predict_hf(method, batch, nodes, K, q, count("line_search_evals", line_search_evals, 0))
+            L = count("line_search_evals", line_search_evals, 0)
+            return self._predict_hf(method, batch, nodes, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0))
         if method is CostMethod.SGD_MODEL_PARALLEL:
             return self._predict_model_parallel(batch, nodes)
         return self._predict_sgd(method, batch, nodes)
 
-    def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, q: int, L: int) -> Prediction:
+    def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, q: int, L: int, along: "TakenAlong") -> Prediction:
         d, s, n = self.n_params, self.itemsize, self.samples
         b_local = self._share(b, P)
-        grad_compute = self._full_pass(Work.GRADIENT, b, P, n)
+        grad_compute = 0.0 if along.kept else self._full_pass(Work.GRADIENT, b, P, n)
         grad_comm = self._allreduce(P, (d + 1) * s)
         solve_compute = self.node.time(self.layers, b_local, Work.FORWARD)
         if method.product is Work.HV:
@@ -335,6 +357,8 @@ class CostModel:
         solve_compute += q * self.node.time(self.layers, b_local, method.product)
         solve_comm = q * self._allreduce(P, d * s)
         ls_compute = L * self._full_pass(Work.FORWARD, b, P, n)
+        if along.first_trial:
+            ls_compute += self._full_pass(Work.GRADIENT, b, P, n) - self._full_pass(Work.FORWARD, b, P, n)
         ls_comm = L * self._allreduce(P, 16)
         other_compute = self._full_pass(Work.FORWARD, b, P, self.test_samples) if self.test_samples else 0.0
         other_comm = self._allreduce(P, 8) if self.test_samples else 0.0
@@ -342,7 +366,7 @@ class CostModel:
         compute = grad_compute + solve_compute + ls_compute + other_compute
         comm = grad_comm + solve_comm + ls_comm + other_comm
         total = compute + comm
-        epochs = (n * (1 + L) + b * (1 + q)) / n
+        epochs = hf_epochs(n, b, q, L, along.kept)
         return Prediction(
             method=method.value, batch=b, nodes=P,
             time_gradient_s=grad_compute + grad_comm, time_solve_s=solve_compute + solve_comm,

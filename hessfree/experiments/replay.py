@@ -54,8 +54,8 @@ def cost_model(cluster: Cluster, layers: Sequence[int], n_train: int, n_test: in
 def iteration_seconds(model: CostModel, method: Method, batch: int, nodes: int, record: dict) -> float:
     """Predicted seconds of one record's work at ``nodes`` nodes.
 
-    HF: one iteration with the record's curvature products and line-search evaluations
-    (Hybrid's Gauss-Newton solves charged as Gauss-Newton products). First-order: one
+    HF: one iteration with the record's curvature products, line-search evaluations and
+    gradient taken along (Hybrid's Gauss-Newton solves charged as Gauss-Newton products). First-order: one
     epoch (its updates and the end-of-epoch evaluation).
     """
     if method.is_hessian_free:
@@ -64,6 +64,8 @@ def iteration_seconds(model: CostModel, method: Method, batch: int, nodes: int, 
             charged.value, batch, nodes,
             curvature_products=int(record.get("curvature_products") or 0),
             line_search_evals=int(record.get("line_search_evals") or 0),
+            gradient_kept=bool(record.get("gradient_kept")),  # absent in records written before it: False
+            gradient_along=bool(record.get("gradient_along")),
         )
         return p.time_per_iteration_s
     return model.predict(method.value, batch, nodes).time_per_epoch_s

@@ -682,6 +682,8 @@ class HessianFreeTrainer(Trainer):
             cg_iterations=result.iterations,
             curvature_products=op.products,
             line_search_evals=evals,
+            gradient_kept=state.gradient_kept,
+            gradient_along=self.take_along and self.first_trial is not None,
             damping=state.damping,
             rho=rho,
             step_size=ls.alpha,

@@ -36,6 +36,11 @@ class IterationRecord:
     cg_iterations: int = 0
     curvature_products: int = 0
     line_search_evals: int = 0
+    #: the gradient taken along (``hessfree.train.hf``): this iteration's gradient came
+    #: with the last step's accepted trial (no pass of its own), and this step's first
+    #: trial computed the gradient at its point too (a backward pass more in that trial)
+    gradient_kept: bool = False
+    gradient_along: bool = False
     damping: float = math.nan
     rho: float = math.nan
     step_size: float = math.nan
