@@ -50,7 +50,8 @@ def measure(comm, args) -> dict:
     rows = []
     for r in fit(model, data, config.train, comm).history:
         rows.append(dict(gradient=r.time_gradient_s, solve=r.time_solve_s, line_search=r.time_line_search_s,
-                         products=r.curvature_products, ls=r.line_search_evals, cg=r.cg_iterations))
+                         products=r.curvature_products, ls=r.line_search_evals, cg=r.cg_iterations,
+                         kept=r.gradient_kept, along=r.gradient_along))
     return dict(rows=rows, n_train=data.n_train_global, n_test=data.n_test_global)
 
 
@@ -59,7 +60,8 @@ def predict(run: dict, node, network, P: int, args) -> list[dict]:
                       network=network, collective=Collective.TREE, blocks=Blocks.CHUNK)
     out = []
     for r in run["rows"]:
-        p = model.predict("bicgstab", args.batch, P, curvature_products=r["products"], line_search_evals=r["ls"])
+        p = model.predict("bicgstab", args.batch, P, curvature_products=r["products"], line_search_evals=r["ls"],
+                          gradient_kept=r["kept"], gradient_along=r["along"])
         out.append(dict(gradient=p.time_gradient_s, solve=p.time_solve_s, line_search=p.time_line_search_s))
     return out
 

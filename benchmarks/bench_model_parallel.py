@@ -187,7 +187,8 @@ def hf_rows(args, cost, P: int, parallel: str, layout) -> list[dict]:
         measured = statistics.median(getattr(x, key) for x in records)
         predicted = statistics.median(
             getattr(predict_layout(cost, "gn-cg", 2000, layout, krylov_iterations=x.cg_iterations,
-                                   curvature_products=x.curvature_products, line_search_evals=x.line_search_evals), key)
+                                   curvature_products=x.curvature_products, line_search_evals=x.line_search_evals,
+                                   gradient_kept=x.gradient_kept, gradient_along=x.gradient_along), key)
             for x in records)
         rows.append(dict(run=f"gn-cg, b = 2000, {parallel}-parallel threads({P})", phase=phase, measured_s=measured,
                          predicted_s=predicted))
