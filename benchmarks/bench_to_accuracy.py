@@ -41,11 +41,14 @@ class StopAt(Callback):
 #: on by default only if it pays here); ``taken_along`` False runs the code path before
 #: the gradient was taken along with the line search's first trial (the same trajectory)
 HF_VARIANTS = {
+    "Krylov cap 250 (Martens'; gn-cg's default before)": {"cg_max_iter": 250},
     "gradient not taken along": {"taken_along": False},
-    "CG-backtracking (gn-cg's default before)": {"backtracking": True},
-    "CG-backtracking, gradient not taken along (the defaults before)": {"backtracking": True, "taken_along": False},
+    "CG-backtracking": {"backtracking": True},
+    "Krylov cap 250, CG-backtracking, gradient not taken along (the defaults before)": {
+        "cg_max_iter": 250, "backtracking": True, "taken_along": False},
     "Martens preconditioner": {"preconditioner": "martens"},
     "λ₀ = 0.1 (fig1-tuned)": {"damping": 0.1},
+    "curvature batch 2,000": {"batch_size": 2000},
 }
 
 

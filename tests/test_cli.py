@@ -227,3 +227,16 @@ def test_first_order_methods_refuse_backtracking():
     result = invoke("train", "--method", "sgd", "--epochs", "1", *SMALL_FIRST_ORDER, "--no-backtracking")
     assert result.exit_code == 2
     assert "backtracking does not apply to sgd" in one_error_line(result)
+
+
+def test_gn_cg_solves_stop_at_five_cg_steps_unless_told(tmp_path):
+    """gn-cg's default Krylov cap is 5 (benchmarks/studies/cgcap-*); --cg-max-iter lifts it."""
+    def cg_iterations(*extra):
+        metrics = tmp_path / f"m{len(extra)}.jsonl"
+        result = invoke("train", "--iterations", "3", "--hidden", "16", "--batch-size", "200", "--seed", "1",
+                        "--metrics", str(metrics), *extra)
+        assert result.exit_code == 0, result.output
+        return [l["cg_iterations"] for l in map(json.loads, metrics.read_text().splitlines()) if l["kind"] == "iteration"]
+
+    assert max(cg_iterations()) == 5
+    assert max(cg_iterations("--cg-max-iter", "40")) > 5

@@ -177,3 +177,18 @@ def test_plans_of_one_method_at_several_batches_form_a_series():
     assert list(series) == ["gn-cg"]  # sgd has one batch, adam none fixed
     # ordered by the batch actually used (clipped to the training set), tuning runs left out
     assert [(b, len(rs)) for b, rs in series["gn-cg"]] == [(1000, 2), (3000, 2)]
+
+
+def test_committed_experiments_pin_gn_cg_at_the_cap_they_ran_with():
+    """The built-in experiments' results were committed when gn-cg's Krylov cap was 250: they
+    pin it for gn-cg (so they reproduce) and leave every other method's cap alone (Bi-CG-STAB
+    keeps its 50; fig2 states its own 10)."""
+    from hessfree.experiments.builtin import BUILTIN
+
+    for experiment in BUILTIN.values():
+        for plan in experiment.methods:
+            settings = {**experiment.base, **plan.fixed}
+            if plan.method is Method.GN_CG:
+                assert settings.get("cg_max_iter") == 250, (experiment.name, plan.label)
+            elif experiment.name != "fig2":
+                assert "cg_max_iter" not in settings, (experiment.name, plan.label)

@@ -216,3 +216,34 @@ def test_the_trajectory_holds_the_resolved_backtracking():
     assert train(method="msgd") == train(method="msgd", backtracking=True)
     assert train(method="gn-cg") == train(method="gn-cg", backtracking=False)
     assert train(method="gn-cg")["backtracking"] is False and train(method="gn-cg", backtracking=True)["backtracking"] is True
+
+
+def test_a_default_gn_cg_identity_holds_its_resolved_krylov_cap():
+    """gn-cg's default cap changed from 250 to 5: its default identity records the 5, so a
+    checkpoint that recorded None (the 250 then) is not taken for it; the identities of the
+    methods whose default did not change stay as they were (None)."""
+    def train(**values):
+        return make_run_config(dict(dataset="digits", **values)).trajectory()["train"]
+
+    assert train(method="gn-cg")["cg_max_iter"] == 5
+    assert train(method="gn-cg") == train(method="gn-cg", cg_max_iter=5)
+    assert train(method="gn-cg", cg_max_iter=250)["cg_max_iter"] == 250
+    for method in ("hess-cg", "bicgstab", "hybrid", "newton-mr", "msgd"):
+        assert train(method=method)["cg_max_iter"] is None
+
+
+def test_a_checkpoint_of_the_old_default_cap_is_refused_by_name(tmp_path, monkeypatch):
+    """A default gn-cg checkpoint written when None meant 250 (the identity before the change,
+    made here by emptying the set of changed defaults) is refused naming cg_max_iter, and
+    stays on disk."""
+    import hessfree.train.config as train_config
+
+    args = ["--hidden", "8", "--batch-size", "100", "--checkpoint-dir", str(tmp_path / "ck"), "--quiet"]
+    with monkeypatch.context() as patch:
+        patch.setattr(train_config, "DEFAULT_CAP_CHANGED", frozenset())
+        assert CliRunner().invoke(main, ["train", *args, "--iterations", "1"]).exit_code == 0
+    saved = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    result = CliRunner().invoke(main, ["train", *args, "--iterations", "2", "--resume"])
+    assert result.exit_code != 0
+    assert "train.cg_max_iter: checkpoint has None, this run has 5" in result.output
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == saved

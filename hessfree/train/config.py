@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import enum
+
+import attrs
+
 from hessfree.errors import ConfigError
 from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, Preconditioner, WarmStart
 from hessfree.validate import bool_field, config, enum_field, int_field, real_field
 
-__all__ = ["DampingRule", "Method", "NegativeCurvatureRule", "Preconditioner", "TrainConfig", "WarmStart"]
+#: methods whose default Krylov cap changed after checkpoints had recorded ``cg_max_iter =
+#: None`` for it: gn-cg's went from Martens' 250 to 5 (benchmarks/studies/cgcap-*)
+DEFAULT_CAP_CHANGED = frozenset({Method.GN_CG})
+
+__all__ = ["DEFAULT_CAP_CHANGED", "DampingRule", "Method", "NegativeCurvatureRule", "Preconditioner", "TrainConfig", "WarmStart"]
 
 
 @config
@@ -76,6 +84,20 @@ class TrainConfig:
     def krylov_max_iter(self) -> int:
         """``cg_max_iter``, or the method's default Krylov cap."""
         return self.cg_max_iter if self.cg_max_iter is not None else self.method.spec.krylov_max_iter
+
+    def identity(self) -> dict:
+        """The settings as a checkpoint identifies its trajectory (JSON-ready, enums by
+        value): all but the run length and the divergence limit. ``cg_max_iter`` is kept
+        as given (None: the method's default cap), except for a method whose default cap
+        changed (:data:`DEFAULT_CAP_CHANGED`): its default is recorded resolved, so that a
+        checkpoint written under the old default (None) is refused by name instead of
+        continuing with another cap, while every other method's identity stays as it was."""
+        train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self).items()}
+        for key in ("iterations", "epochs", "max_rejected"):
+            train.pop(key)
+        if self.cg_max_iter is None and self.method in DEFAULT_CAP_CHANGED:
+            train["cg_max_iter"] = self.krylov_max_iter
+        return train
 
     @property
     def nc_rule(self) -> NegativeCurvatureRule:

@@ -171,12 +171,9 @@ def identity_of(model: Model, data: Dataset, config: TrainConfig, ranks: int | N
     """The settings that determine a trajectory (checkpoints of another one are refused):
     the model, the data's content (its fingerprint, else its name) and sizes, the method
     settings. Not the rank count (``ranks`` is ignored): the state does not depend on it."""
-    train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(config).items()}
-    for key in ("iterations", "epochs", "max_rejected"):
-        train.pop(key)
     return dict(
         model=_architecture(model), data=data.fingerprint or data.name, n_train=data.n_train_global,
-        n_test=data.n_test_global, train=train,
+        n_test=data.n_test_global, train=config.identity(),
     )
 
 

@@ -134,9 +134,7 @@ class RunConfig:
         use (any rank's shard: they agree); without it the dataset is opened to compute it.
         ``size`` is accepted for compatibility and ignored.
         """
-        train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self.train).items()}
-        for key in ("iterations", "epochs", "max_rejected"):
-            train.pop(key)
+        train = self.train.identity()
         # resolved, as checkpoints before the per-method default stored it: a default run of
         # any method but gn-cg (whose default became the last iterate) keeps its identity
         train["backtracking"] = self.train.walk_back
