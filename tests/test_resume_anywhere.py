@@ -230,6 +230,11 @@ def test_a_default_gn_cg_identity_holds_its_resolved_krylov_cap():
     assert train(method="gn-cg", cg_max_iter=250)["cg_max_iter"] == 250
     for method in ("hess-cg", "bicgstab", "hybrid", "newton-mr", "msgd"):
         assert train(method=method)["cg_max_iter"] is None
+    # the library's checkpoints (fit) identify a trajectory by the same settings
+    from hessfree.train import TrainConfig
+
+    assert TrainConfig(method="gn-cg").identity()["cg_max_iter"] == 5
+    assert TrainConfig(method="hess-cg").identity()["cg_max_iter"] is None
 
 
 def test_a_checkpoint_of_the_old_default_cap_is_refused_by_name(tmp_path, monkeypatch):
