@@ -233,8 +233,9 @@ def test_a_default_gn_cg_identity_holds_its_resolved_krylov_cap():
     # the library's checkpoints (fit) identify a trajectory by the same settings
     from hessfree.train import TrainConfig
 
-    assert TrainConfig(method="gn-cg").identity()["cg_max_iter"] == 5
+    assert TrainConfig(method="gn-cg").identity() == train(method="gn-cg")  # backtracking False too
     assert TrainConfig(method="hess-cg").identity()["cg_max_iter"] is None
+    assert TrainConfig(method="hess-cg").identity()["backtracking"] is None  # unchanged: still its default
 
 
 def test_a_checkpoint_of_the_old_default_cap_is_refused_by_name(tmp_path, monkeypatch):
@@ -245,7 +246,7 @@ def test_a_checkpoint_of_the_old_default_cap_is_refused_by_name(tmp_path, monkey
 
     args = ["--hidden", "8", "--batch-size", "100", "--checkpoint-dir", str(tmp_path / "ck"), "--quiet"]
     with monkeypatch.context() as patch:
-        patch.setattr(train_config, "DEFAULT_CAP_CHANGED", frozenset())
+        patch.setattr(train_config, "DEFAULTS_CHANGED", {**train_config.DEFAULTS_CHANGED, "cg_max_iter": frozenset()})
         assert CliRunner().invoke(main, ["train", *args, "--iterations", "1"]).exit_code == 0
     saved = sorted(p.name for p in (tmp_path / "ck").iterdir())
     result = CliRunner().invoke(main, ["train", *args, "--iterations", "2", "--resume"])

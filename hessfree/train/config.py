@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from types import MappingProxyType
 
 import attrs
 
@@ -10,11 +11,13 @@ from hessfree.errors import ConfigError
 from hessfree.methods import DampingRule, Method, NegativeCurvatureRule, Preconditioner, WarmStart
 from hessfree.validate import bool_field, config, enum_field, int_field, real_field
 
-#: methods whose default Krylov cap changed after checkpoints had recorded ``cg_max_iter =
-#: None`` for it: gn-cg's went from Martens' 250 to 5 (benchmarks/studies/cgcap-*)
-DEFAULT_CAP_CHANGED = frozenset({Method.GN_CG})
+#: per-method defaults that changed after checkpoints had recorded None for them: the
+#: setting, and the methods whose default moved. gn-cg's CG-backtracking went off
+#: (benchmarks/studies/backtracking-*) and its Krylov cap from Martens' 250 to 5
+#: (benchmarks/studies/cgcap-*)
+DEFAULTS_CHANGED = MappingProxyType({"backtracking": frozenset({Method.GN_CG}), "cg_max_iter": frozenset({Method.GN_CG})})
 
-__all__ = ["DEFAULT_CAP_CHANGED", "DampingRule", "Method", "NegativeCurvatureRule", "Preconditioner", "TrainConfig", "WarmStart"]
+__all__ = ["DEFAULTS_CHANGED", "DampingRule", "Method", "NegativeCurvatureRule", "Preconditioner", "TrainConfig", "WarmStart"]
 
 
 @config
@@ -87,16 +90,18 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings as a checkpoint identifies its trajectory (JSON-ready, enums by
-        value): all but the run length and the divergence limit. ``cg_max_iter`` is kept
-        as given (None: the method's default cap), except for a method whose default cap
-        changed (:data:`DEFAULT_CAP_CHANGED`): its default is recorded resolved, so that a
-        checkpoint written under the old default (None) is refused by name instead of
-        continuing with another cap, while every other method's identity stays as it was."""
+        value): all but the run length and the divergence limit. A setting left to the
+        method's default is recorded as None, except where that default changed
+        (:data:`DEFAULTS_CHANGED`): there it is recorded resolved, so that a checkpoint
+        written under the old default (None) is refused by name instead of continuing
+        another trajectory, while every other method's identity stays as it was."""
         train = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in attrs.asdict(self).items()}
         for key in ("iterations", "epochs", "max_rejected"):
             train.pop(key)
-        if self.cg_max_iter is None and self.method in DEFAULT_CAP_CHANGED:
-            train["cg_max_iter"] = self.krylov_max_iter
+        resolved = {"backtracking": self.walk_back, "cg_max_iter": self.krylov_max_iter}
+        for key, methods in DEFAULTS_CHANGED.items():
+            if train[key] is None and self.method in methods:
+                train[key] = resolved[key]
         return train
 
     @property
