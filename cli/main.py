@@ -54,6 +54,11 @@ def main() -> None:
     """hessfree: Hessian-free training of deep neural networks, serial, threads or MPI."""
 
 
+def _krylov_caps(methods) -> str:
+    """"gn-cg 5, hess-cg 250, …": each Hessian-free method's default Krylov cap, from the method table."""
+    return ", ".join(f"{m.value} {m.spec.krylov_max_iter}" for m in methods if m.is_hessian_free)
+
+
 def _train_options():
     """The options of ``hessfree train``: choices and defaults from the enums and configs."""
     from hessfree.comm import Backend
@@ -79,7 +84,7 @@ def _train_options():
         click.option("--iterations", type=int, help=f"Total HF outer iterations (default {t.iterations}; Hessian-free methods only)."),
         click.option("--epochs", type=int, help=f"Total epochs (default {t.epochs}; first-order methods only)."),
         click.option("--batch-size", type=int, help="Curvature batch (HF) or mini-batch (first-order), global over ranks (default: the method's)."),
-        click.option("--cg-max-iter", type=int, help="Krylov iteration cap (default: the method's; Hessian-free methods only)."),
+        click.option("--cg-max-iter", type=int, help=f"Krylov iteration cap per solve (default: the method's: {_krylov_caps(Method)}; Hessian-free methods only)."),
         click.option("--damping", type=float, help=f"Initial Levenberg-Marquardt λ (default {t.damping}; Hessian-free methods only)."),
         click.option("--backtracking/--no-backtracking", default=None, help="CG-backtracking: walk back over the Krylov iterates while the objective decreases (default: the method's; off for gn-cg, on for the other Hessian-free methods)."),
         click.option("--lr", type=float, help=f"Learning rate (default {t.lr}; first-order methods only)."),
