@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -192,3 +193,20 @@ def test_committed_experiments_pin_gn_cg_at_the_cap_they_ran_with():
                 assert settings.get("cg_max_iter") == 250, (experiment.name, plan.label)
             elif experiment.name != "fig2":
                 assert "cg_max_iter" not in settings, (experiment.name, plan.label)
+
+
+STUDIES = sorted((Path(__file__).parent.parent / "benchmarks" / "studies").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_study_file_builds_every_run_it_declares(path):
+    """The studies in benchmarks/studies are the project's pre-registered tests: each loads,
+    and every grid point of every method makes a valid run configuration. Those written
+    while gn-cg's cap was 250 pin it, so that they reproduce the committed results."""
+    experiment = Experiment.from_toml(path)
+    for plan in experiment.methods:
+        for point in plan.points() or [{}]:
+            config = make_run_config({**experiment.base, "method": plan.method.value, **plan.fixed, **point})
+            assert config.train.method is plan.method
+            if plan.method is Method.GN_CG and path.stem.startswith(("backtracking-", "batch-")):
+                assert config.train.krylov_max_iter == 250, (path.stem, plan.name)
