@@ -44,6 +44,7 @@ RESULTS = Path(__file__).parent / "results"
 #: label → (method, options)
 VARIANTS = {
     "gn-cg": ("gn-cg", {}),
+    "gn-cg-cap250": ("gn-cg", {"cg_max_iter": 250}),  # Martens' cap, gn-cg's default before
     "hess-cg": ("hess-cg", {}),
     "bicgstab": ("bicgstab", {}),
     "hybrid": ("hybrid", {}),
@@ -142,7 +143,7 @@ def figure(results: dict, path: Path) -> None:
         for k, (label, entry) in enumerate(problem["methods"].items()):
             curves = np.array([r["losses"] for r in entry["runs"]])
             x = np.arange(1, curves.shape[1] + 1)
-            style = "-" if label in ("gn-cg", "hess-cg", "bicgstab", "hybrid", "newton-mr-off") else "--"
+            style = "-" if label in ("gn-cg", "gn-cg-cap250", "hess-cg", "bicgstab", "hybrid", "newton-mr-off") else "--"
             ax.plot(x, np.median(curves, axis=0), style, color=cmap(k), label=f"{label} ({entry['summary']['median'] or '—'})", lw=1.5)
             ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=cmap(k), alpha=0.12)
         ax.axhline(problem["definition"]["threshold"], color="k", lw=0.8, ls=":")
