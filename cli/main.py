@@ -117,6 +117,8 @@ def _train_options():
         click.option("--damping-rule", type=click.Choice(choices(DampingRule)), help=f"lm, or indefinite: λ at least 1.5× the most negative curvature of the previous solve (default {t.damping_rule.value})."),
         click.option("--warm-start-source", type=click.Choice(choices(WarmStart)), help=f"Krylov start: the last iterate (Martens), the chosen direction (the paper) or zero (default {t.warm_start_source.value})."),
         click.option("--preconditioner", type=click.Choice(choices(Preconditioner)), help=f"Krylov preconditioner: none, or martens (the empirical Fisher diagonal to the power 3/4; default {t.preconditioner.value})."),
+        click.option("--gradient-sample", type=int, help="Iteration k takes its gradient and line search on the first ⌊N·r^k⌋ training samples, nested, all of them once that reaches n (default: the method's; 0, the whole set; README, \"Speed to accuracy\"; Hessian-free methods only)."),
+        click.option("--sample-growth", type=float, help=f"r, the gradient sample's growth per iteration (default {t.sample_growth:g}; with --gradient-sample)."),
         click.option("--init-scale", type=float, help=f"θ₀ = s × the initial parameters, for saddle studies (default {t.init_scale:g})."),
     ]
 
@@ -133,7 +135,7 @@ def _applicability():
 
     hf = ("iterations", "cg_max_iter", "cg_rtol", "progress_tol", "damping", "damping_min", "damping_max",
           "damping_increase", "damping_decrease", "rho_low", "rho_high", "warm_start", "backtracking", "negative_curvature", "damping_rule", "warm_start_source",
-          "preconditioner", "armijo_c", "armijo_shrink", "max_line_search")
+          "preconditioner", "armijo_c", "armijo_shrink", "max_line_search", "gradient_sample", "sample_growth")
     rules = {key: (lambda m: m.is_hessian_free, "a first-order method; it applies to the Hessian-free methods only") for key in hf}
     rules["iterations"] = (lambda m: m.is_hessian_free, "a first-order method, whose run length is --epochs")
     rules["epochs"] = (lambda m: not m.is_hessian_free, "a Hessian-free method, whose run length is --iterations")
@@ -160,6 +162,8 @@ def check_applicable(config, given: dict[str, str]) -> None:
     for key, (other, flag) in needs.items():
         if key in given and getattr(config, other) in (None, False) and (key != "overwrite" or config.overwrite):
             problems.append(f"{given[key]} needs {flag}")
+    if "sample_growth" in given and method.is_hessian_free and not config.train.sample_start:
+        problems.append(f"{given['sample_growth']} needs --gradient-sample (every gradient is on the whole training set)")
     if "verbose" in given and "quiet" in given and config.quiet and config.verbose:
         problems.append(f"{given['verbose']} cannot be combined with {given['quiet']}")
     if problems:

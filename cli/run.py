@@ -60,6 +60,20 @@ def _loss(x: float) -> str:
     return f"{x:.6f}" if abs(x) < 1000 else f"{x:.3e}"
 
 
+def _objective(record) -> str:
+    """The training objective, or ~ and the gradient sample's when the iteration ran on a
+    sample (``--gradient-sample``: the training set's was not evaluated)."""
+    sample = getattr(record, "sample_loss", math.nan)
+    if not math.isfinite(record.loss) and sample is not None and math.isfinite(sample):
+        return "~" + _loss(sample)
+    return _loss(record.loss)
+
+
+def _fixed(x: float) -> str:
+    """x to four decimals, or "-" when it was not evaluated (NaN: a gradient sample's iteration)."""
+    return f"{x:.4f}" if math.isfinite(x) else "-"
+
+
 def _percent(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2f}%"
 
@@ -108,7 +122,7 @@ def columns(hessian_free: bool, evaluation: str, solver: str, total: int, simula
     count_width = max(len(unit), 2 * len(str(total)) + 1)
     cols = [
         Column(unit, count_width, lambda r: f"{r.k}/{r.total}"),
-        Column("loss", 9, lambda r: _loss(r.record.loss)),
+        Column("loss", 9, lambda r: _objective(r.record)),
         Column(f"train {kind}", 9, lambda r: error(r.record.train_error)),
         Column(eval_header, 8, lambda r: error(r.record.test_error)),
     ]
@@ -144,7 +158,7 @@ def render(cols: list[Column], cells: list[str]) -> str:
 def legend(hessian_free: bool, solver: str) -> str:
     """One line naming what the columns' symbols mean (at most ~100 characters)."""
     if hessian_free:
-        return f"err: % wrong · λ: damping · ρ: actual/predicted drop · {solver}: Krylov steps · passes: effective epochs"
+        return f"err: % wrong · ~: on the gradient sample · λ: damping · ρ: actual/predicted drop · {solver}: Krylov steps · passes: effective epochs"
     return "err: % wrong · passes: effective epochs (samples through the network / training samples)"
 
 
@@ -255,10 +269,10 @@ class Progress(Callback):
             split = "validation" if info is not None and info.evaluation == "validation" else "test"
             if info is not None and info.reconstruct:
                 other = "" if last.test_error is None else f", {split} reconstruction error {last.test_error:.4f}"
-                self.echo(f"done: {result.state.iteration} {self.unit}, loss {last.loss:.6f}, train reconstruction error {last.train_error:.4f}{other}, {last.time_s:.1f}s")
+                self.echo(f"done: {result.state.iteration} {self.unit}, loss {_objective(last)}, train reconstruction error {_fixed(last.train_error)}{other}, {last.time_s:.1f}s")
             else:
                 acc = "" if last.test_error is None else f", {split} accuracy {1 - last.test_error:.4f}"
-                self.echo(f"done: {result.state.iteration} {self.unit}, loss {last.loss:.6f}, train accuracy {1 - last.train_error:.4f}{acc}, {last.time_s:.1f}s")
+                self.echo(f"done: {result.state.iteration} {self.unit}, loss {_objective(last)}, train accuracy {_fixed(1 - last.train_error)}{acc}, {last.time_s:.1f}s")
         else:
             self.echo(f"done: nothing to do (already at {result.state.iteration})")
         if result.status is Status.DIVERGED and self.save_model:

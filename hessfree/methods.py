@@ -118,6 +118,9 @@ class MethodSpec:
     #: CG-backtracking (walk back over the solver's iterates while the objective
     #: decreases) unless the config says otherwise; off: the last iterate
     backtracking: bool = True
+    #: s₀ of the geometric gradient sample (``TrainConfig.gradient_sample``); 0: every
+    #: gradient and objective on the whole training set
+    gradient_sample: int = 0
     # first-order methods
     update: Update | None = None
 

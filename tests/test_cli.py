@@ -240,3 +240,16 @@ def test_gn_cg_solves_stop_at_five_cg_steps_unless_told(tmp_path):
 
     assert max(cg_iterations()) == 5
     assert max(cg_iterations("--cg-max-iter", "40")) > 5
+
+
+def test_gradient_sample_options():
+    result = invoke("train", "--gradient-sample", "300", "--sample-growth", "1.3", "--iterations", "3")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.lstrip().startswith(("1/3", "2/3", "3/3"))]
+    assert len(rows) == 3 and all(row.split()[1].startswith("~") for row in rows)  # the sample's objective
+    assert "~: on the gradient sample" in result.output
+    assert "train accuracy -" in result.output  # the training set was not evaluated
+    bad = invoke("train", "--sample-growth", "1.3", "--iterations", "2")
+    assert bad.exit_code == 2 and "--sample-growth needs --gradient-sample" in bad.output
+    first_order = invoke("train", "--method", "sgd", "--gradient-sample", "10")
+    assert first_order.exit_code == 2 and "--gradient-sample does not apply to sgd" in first_order.output

@@ -177,10 +177,19 @@ class TakenAlong:
     first_trial: bool = False
 
 
-def hf_epochs(n: int, b: int, products: int, evaluations: int, kept: bool) -> float:
+def hf_epochs(n: int, b: int, products: int, evaluations: int, kept: bool, sample: int = 0, kept_sample: int = 0) -> float:
     """Effective epochs of one HF iteration, as the trainer counts them: the gradient pass
-    (none when kept), the curvature batch's forward pass and products, the evaluations."""
-    return (n * (evaluations + (0 if kept else 1)) + b * (1 + products)) / n
+    (when kept, only the samples the last step's did not cover), the curvature batch's
+    forward pass and products, the evaluations. ``sample``: the iteration's gradient
+    sample and ``kept_sample`` the last one's (0: the whole set, n)."""
+    m = sample_rows(n, sample)
+    gradient = m - min(m, sample_rows(n, kept_sample)) if kept else m
+    return (m * evaluations + gradient + b * (1 + products)) / n
+
+
+def sample_rows(n: int, sample: int) -> int:
+    """The samples a gradient sample of this size covers (0, or n and more: all n)."""
+    return n if sample <= 0 else min(int(sample), n)
 
 
 def model_parallel_exact(layers: Sequence[int], samples: int, batch: int) -> tuple[int, int]:
@@ -328,12 +337,17 @@ class CostModel:
         curvature_products: int | None = None,
         gradient_kept: bool = False,
         gradient_along: bool = False,
+        gradient_sample: int = 0,
+        kept_sample: int = 0,
     ) -> Prediction:
         """Time, collectives and bytes of one iteration of ``method`` at this batch and P.
 
         HF does ``krylov_iterations`` × (1 or 2) curvature products, unless
         ``curvature_products`` gives the number directly (e.g. a real run's record);
-        ``gradient_kept``/``gradient_along`` as in the module docstring (a record's)."""
+        ``gradient_kept``/``gradient_along`` as in the module docstring (a record's).
+        ``gradient_sample`` (a record's; 0: the whole set): the samples the gradient and the
+        evaluations run on; a kept gradient then computes only the samples the last
+        iteration's (``kept_sample``, 0: whole) did not cover."""
         method = _enum(CostMethod)(method)
         batch, nodes = count("batch", batch), count("nodes", nodes)
         batch = min(batch, self.samples)
@@ -341,24 +355,29 @@ class CostModel:
             K = count("krylov_iterations", krylov_iterations, 0)
             q = K * method.products_per_step if curvature_products is None else count("curvature_products", curvature_products, 0)
             L = count("line_search_evals", line_search_evals, 0)
-            return self._predict_hf(method, batch, nodes, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0))
+            rows = (sample_rows(self.samples, count("gradient_sample", gradient_sample, 0)),
+                    sample_rows(self.samples, count("kept_sample", kept_sample, 0)))
+            return self._predict_hf(method, batch, nodes, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0), rows)
         if method is CostMethod.SGD_MODEL_PARALLEL:
             return self._predict_model_parallel(batch, nodes)
         return self._predict_sgd(method, batch, nodes)
 
-    def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, q: int, L: int, along: "TakenAlong") -> Prediction:
+    def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, q: int, L: int, along: "TakenAlong",
+                    rows: tuple[int, int] | None = None) -> Prediction:
         d, s, n = self.n_params, self.itemsize, self.samples
+        m, m_kept = rows if rows is not None else (n, n)  # the gradient sample's rows, the last one's
         b_local = self._share(b, P)
-        grad_compute = 0.0 if along.kept else self._full_pass(Work.GRADIENT, b, P, n)
+        computed = m - min(m, m_kept) if along.kept else m
+        grad_compute = self._full_pass(Work.GRADIENT, b, P, computed) if computed else 0.0
         grad_comm = self._allreduce(P, (d + 1) * s)
         solve_compute = self.node.time(self.layers, b_local, Work.FORWARD)
         if method.product is Work.HV:
             solve_compute += self.node.time(self.layers, b_local, Work.DELTAS)
         solve_compute += q * self.node.time(self.layers, b_local, method.product)
         solve_comm = q * self._allreduce(P, d * s)
-        ls_compute = L * self._full_pass(Work.FORWARD, b, P, n)
+        ls_compute = L * self._full_pass(Work.FORWARD, b, P, m)
         if along.first_trial:
-            ls_compute += self._full_pass(Work.GRADIENT, b, P, n) - self._full_pass(Work.FORWARD, b, P, n)
+            ls_compute += self._full_pass(Work.GRADIENT, b, P, m) - self._full_pass(Work.FORWARD, b, P, m)
         ls_comm = L * self._allreduce(P, 16)
         other_compute = self._full_pass(Work.FORWARD, b, P, self.test_samples) if self.test_samples else 0.0
         other_comm = self._allreduce(P, 8) if self.test_samples else 0.0
@@ -366,7 +385,7 @@ class CostModel:
         compute = grad_compute + solve_compute + ls_compute + other_compute
         comm = grad_comm + solve_comm + ls_comm + other_comm
         total = compute + comm
-        epochs = hf_epochs(n, b, q, L, along.kept)
+        epochs = hf_epochs(n, b, q, L, along.kept, m, m_kept)
         return Prediction(
             method=method.value, batch=b, nodes=P,
             time_gradient_s=grad_compute + grad_comm, time_solve_s=solve_compute + solve_comm,

@@ -51,12 +51,13 @@ def cost_model(cluster: Cluster, layers: Sequence[int], n_train: int, n_test: in
     )
 
 
-def iteration_seconds(model: CostModel, method: Method, batch: int, nodes: int, record: dict) -> float:
+def iteration_seconds(model: CostModel, method: Method, batch: int, nodes: int, record: dict, previous: dict | None = None) -> float:
     """Predicted seconds of one record's work at ``nodes`` nodes.
 
-    HF: one iteration with the record's curvature products, line-search evaluations and
-    gradient taken along (Hybrid's Gauss-Newton solves charged as Gauss-Newton products). First-order: one
-    epoch (its updates and the end-of-epoch evaluation).
+    HF: one iteration with the record's curvature products, line-search evaluations,
+    gradient taken along and gradient sample (the ``previous`` record's: what a kept
+    gradient covered already; Hybrid's Gauss-Newton solves charged as Gauss-Newton
+    products). First-order: one epoch (its updates and the end-of-epoch evaluation).
     """
     if method.is_hessian_free:
         charged = Method.GN_CG if record.get("curvature") == "gauss_newton" else method
@@ -66,6 +67,8 @@ def iteration_seconds(model: CostModel, method: Method, batch: int, nodes: int, 
             line_search_evals=int(record.get("line_search_evals") or 0),
             gradient_kept=bool(record.get("gradient_kept")),  # absent in records written before it: False
             gradient_along=bool(record.get("gradient_along")),
+            gradient_sample=int(record.get("gradient_sample") or 0),  # absent before it: the whole set
+            kept_sample=int((previous or {}).get("gradient_sample") or 0),
         )
         return p.time_per_iteration_s
     return model.predict(method.value, batch, nodes).time_per_epoch_s
@@ -73,8 +76,9 @@ def iteration_seconds(model: CostModel, method: Method, batch: int, nodes: int, 
 
 def replay(records: Sequence[dict], method: Method, batch: int, model: CostModel, nodes: int) -> list[float]:
     """The simulated clock after each record (cumulative seconds)."""
-    clock, out = 0.0, []
+    clock, out, previous = 0.0, [], None
     for record in records:
-        clock += iteration_seconds(model, method, batch, nodes, record)
+        clock += iteration_seconds(model, method, batch, nodes, record, previous)
+        previous = record
         out.append(clock)
     return out

@@ -10,6 +10,8 @@ and P does not divide n): the paper's b/P per rank.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -32,3 +34,30 @@ def local_positions(rows: range, indices: np.ndarray) -> np.ndarray:
     idx = np.asarray(indices, dtype=np.int64)
     inside = (idx >= rows.start) & (idx < rows.stop) & ((idx - rows.start) % rows.step == 0)
     return (idx[inside] - rows.start) // rows.step
+
+
+
+def sample_size(iteration: int, first: int, growth: float, n: int) -> int:
+    """Samples in iteration k's gradient sample: ⌊s₀·rᵏ⌋, at most n (``first`` = s₀ = 0
+    or ≥ n: the whole training set every iteration).
+
+    A geometric schedule (Friedlander & Schmidt 2012): while the gradient's sampling error
+    shrinks at least as fast as the full-gradient method's progress, the iteration keeps
+    that method's rate, and early iterations, far from a minimum, cost a fraction of a pass.
+    """
+    if first <= 0 or first >= n:
+        return n
+    if growth <= 1.0:
+        return first
+    if iteration * math.log(growth) >= math.log(n / first):  # r^k ≥ n/s₀, without overflowing
+        return n
+    return min(n, int(first * growth**iteration))
+
+
+def gradient_window(iteration: int, first: int, growth: float, n: int) -> np.ndarray:
+    """Global indices of iteration k's gradient sample: the first :func:`sample_size`
+    samples of the training set. Samples are nested (each holds the last), so the sums a
+    step computed over its sample at the new point serve the next sample as they are, with
+    only the added samples to compute; like the curvature windows, this assumes the data in
+    random order (MNIST's and the embedded digits' are)."""
+    return np.arange(sample_size(iteration, first, growth, n), dtype=np.int64)

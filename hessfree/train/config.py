@@ -43,6 +43,9 @@ class TrainConfig:
     ``init_scale`` s (θ₀ = s × the model's initial parameters, for saddle studies).
     ``preconditioner`` (none, or martens: the diagonal (F̂ + λ + μ)^¾ of Martens (2010),
     F̂ the empirical Fisher diagonal from the gradient pass; README, "Speed to accuracy").
+    ``gradient_sample`` s₀ and ``sample_growth`` r (HF): iteration k takes its gradient and
+    its line search on ⌊s₀·rᵏ⌋ consecutive training samples (at most all n; default: the
+    method's, 0 = all n), see ``hessfree.train.batches.sample_size``.
     """
 
     method: Method = enum_field(Method, Method.GN_CG)  # the best HF method in the fig1 experiment
@@ -77,11 +80,20 @@ class TrainConfig:
     seed: int = int_field(0, minimum=0)
     init_scale: float = real_field(1.0, low=0)  # θ₀ = init_scale × the model's initial parameters
     preconditioner: Preconditioner = enum_field(Preconditioner, Preconditioner.NONE)
+    #: s₀, the first iteration's gradient sample (see ``sample_start``; 0: the whole set)
+    gradient_sample: int | None = int_field(None, optional=True, minimum=0)
+    sample_growth: float = real_field(1.1, low=1)  # r: sample k has ⌊s₀·rᵏ⌋ samples, at most n
 
     @property
     def global_batch(self) -> int:
         """``batch_size``, or the method's default (HF curvature batch, SGD mini-batch)."""
         return self.batch_size if self.batch_size is not None else self.method.spec.default_batch
+
+    @property
+    def sample_start(self) -> int:
+        """``gradient_sample``, or the method's default (0: every iteration's gradient and
+        objective on the whole training set)."""
+        return self.gradient_sample if self.gradient_sample is not None else self.method.spec.gradient_sample
 
     @property
     def krylov_max_iter(self) -> int:
@@ -102,6 +114,10 @@ class TrainConfig:
         for key, methods in DEFAULTS_CHANGED.items():
             if train[key] is None and self.method in methods:
                 train[key] = resolved[key]
+        if self.sample_start:  # resolved; absent when every gradient is whole (old identities stay valid)
+            train["gradient_sample"] = self.sample_start
+        else:
+            del train["gradient_sample"], train["sample_growth"]
         return train
 
     @property

@@ -59,7 +59,7 @@ from hessfree.methods import DampingRule, NegativeCurvatureRule, Preconditioner,
 from hessfree.solvers import CG, CandidateKind, Curvature, KrylovSolver, SolveResult
 from hessfree.solvers.fused import scale_add
 from hessfree.train import negative
-from hessfree.train.batches import curvature_window
+from hessfree.train.batches import curvature_window, gradient_window, local_positions, sample_size
 from hessfree.train.config import TrainConfig
 from hessfree.train.damping import quadratic_model, reduction_ratio, update_damping
 from hessfree.train.linesearch import LineSearchResult, armijo, sufficient_decrease
@@ -209,10 +209,22 @@ class Direction:
 @attrs.frozen
 class KeptGradient:
     """This rank's unreduced gradient sums (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) at the point ``theta``
-    (the array itself: they serve that object only), computed beside its evaluation."""
+    (the array itself: they serve that object only), computed beside its evaluation, over
+    the first ``rows`` rows of this rank's shard (its sample then)."""
 
     theta: np.ndarray
     sums: tuple
+    rows: int
+
+
+@attrs.frozen
+class Sample:
+    """The training samples an iteration's gradient and objective run on: this rank's
+    rows of them, and how many there are over all ranks; ``whole``: all n of them."""
+
+    rows: object  # the model's batch
+    count: int
+    whole: bool = True
 
 
 @attrs.frozen
@@ -291,6 +303,9 @@ class HessianFreeTrainer(Trainer):
         self.workspace = None
         #: whether the model computes an evaluation and its gradient in one pass
         self.fused = bool(getattr(model, "fused_evaluation", False))
+        #: the whole training set, and the samples of the iteration running (its gradient
+        #: sample: ``gradient_sample``); the whole set between iterations
+        self.whole = self.sample = Sample(self.train, self.n_train)
 
     # ------------------------------------------------------------------ state
     def initial_state(self, theta: np.ndarray | None = None) -> HFState:
@@ -300,35 +315,44 @@ class HessianFreeTrainer(Trainer):
     # ------------------------------------------------------------------ phases
     def objective(self, theta: np.ndarray) -> tuple[float, float]:
         """(f(θ), training error) over all ranks: one scalar allreduce."""
-        return self.reduced_objective(theta, *self.model.evaluate(theta, self.train))
+        return self.reduced_objective(theta, *self.model.evaluate(theta, self.sample.rows))
 
     def reduced_objective(self, theta: np.ndarray, loss: float, wrong: float) -> tuple[float, float]:
         """(f(θ), training error) from this rank's Σℓ and error count: one scalar allreduce."""
         total = self.layout.sum_scalars(loss, wrong)
-        return self.regularised(total[0] / self.n_train, theta), total[1] / self.n_train
+        count = self.sample.count
+        return self.regularised(total[0] / count, theta), total[1] / count
 
     def local_gradient(self, theta: np.ndarray, squares: bool = False) -> tuple:
         """This rank's (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) at θ: the sums kept from the last step's
         accepted trial when they were computed at this very θ, else one gradient pass."""
         kept, self.kept_gradient = self.kept_gradient, None
-        if kept is not None and kept.theta is theta and (kept.sums[2] is not None) == squares:
-            return kept.sums
+        rows = self.sample.rows
+        if kept is not None and kept.theta is theta and (kept.sums[2] is not None) == squares and kept.rows <= rows.n:
+            if kept.rows == rows.n:
+                return kept.sums
+            added = self.sums(theta, rows.rows(kept.rows, rows.n), squares)  # the sample grew: its new rows only
+            return tuple(None if a is None else a + b for a, b in zip(kept.sums, added))
+        return self.sums(theta, rows, squares)
+
+    def sums(self, theta: np.ndarray, rows, squares: bool) -> tuple:
+        """This rank's (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) over ``rows``: one gradient pass."""
         if squares:
-            return self.model.loss_grad_squares(theta, self.train)
-        return (*self.model.loss_grad(theta, self.train), None)
+            return self.model.loss_grad_squares(theta, rows)
+        return (*self.model.loss_grad(theta, rows), None)
 
     def gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """(f(θ), ∇f(θ)): local chunked sums, one allreduce of [Σ∇ℓ, Σℓ]."""
         loss, grad, _ = self.local_gradient(theta)
-        return self.reduced_gradient(loss, grad, self.n_train, theta)
+        return self.reduced_gradient(loss, grad, self.sample.count, theta)
 
     def objective_with_gradient(self, theta: np.ndarray, p: np.ndarray) -> tuple[float, float]:
         """:meth:`objective` at θ + p, keeping this rank's gradient sums there (one fused
         pass; the same scalar allreduce and the same values as :meth:`objective`)."""
         point = theta + p
         squares = self.config.preconditioner is not Preconditioner.NONE
-        loss, wrong, grad, sq = self.model.evaluate_grad(point, self.train, squares=squares)
-        self.trial_gradient = KeptGradient(point, (loss, grad, sq))
+        loss, wrong, grad, sq = self.model.evaluate_grad(point, self.sample.rows, squares=squares)
+        self.trial_gradient = KeptGradient(point, (loss, grad, sq), self.sample.rows.n)
         return self.reduced_objective(point, loss, wrong)
 
     def trial(self, theta: np.ndarray, d: "Direction", first: bool) -> tuple[float, float]:
@@ -350,10 +374,11 @@ class HessianFreeTrainer(Trainer):
         buf = np.empty(2 * n + 1, dtype=self.dtype)
         buf[:n], buf[n:-1], buf[-1] = grad, squares, loss
         self.layout.reduce(buf)
-        g = buf[:n] / self.n_train
+        count = self.sample.count
+        g = buf[:n] / count
         if self.config.weight_decay:
             g = g + self.config.weight_decay * theta
-        return self.regularised(float(buf[-1]) / self.n_train, theta), g, buf[n:-1] / self.n_train
+        return self.regularised(float(buf[-1]) / count, theta), g, buf[n:-1] / count
 
     def gradient_phase(self, theta: np.ndarray, shift: float) -> tuple[float, np.ndarray, np.ndarray | None]:
         """(f, g, M⁻¹): the gradient, and the inverse diagonal preconditioner of the solve
@@ -368,6 +393,21 @@ class HessianFreeTrainer(Trainer):
             return f, g, None
         f, g, fisher = self.gradient_and_fisher(theta)
         return f, g, (fisher + (shift + self.config.weight_decay)) ** -PRECONDITIONER_EXPONENT
+
+    def gradient_sample(self, iteration: int) -> Sample:
+        """Iteration k's gradient sample (``hessfree.train.batches.gradient_window``): the
+        whole set, or this rank's rows of the first ⌊s₀·rᵏ⌋ global samples (with strided or
+        contiguous shards, a prefix of the shard: a view)."""
+        cfg, size = self.config, self.sample_count(iteration)
+        if size == self.n_train:
+            return self.whole
+        local = local_positions(self.rows, gradient_window(iteration, cfg.sample_start, cfg.sample_growth, self.n_train))
+        return Sample(self.train.rows(0, local.size), size, whole=False)  # a prefix of the shard: a view
+
+    def sample_count(self, iteration: int) -> int:
+        """How many samples iteration k's gradient and objective run on (all n: whole)."""
+        cfg = self.config
+        return sample_size(iteration, cfg.sample_start, cfg.sample_growth, self.n_train)
 
     def curvature_operator(self, theta: np.ndarray, iteration: int, damping: float, curvature: Curvature) -> CurvatureOperator:
         """The damped curvature of batch ``iteration`` (its forward pass computed here, once)."""
@@ -613,7 +653,8 @@ class HessianFreeTrainer(Trainer):
         counts0 = comm.counts()
         t0 = time.perf_counter()
         shift = self.solve_damping(state)
-        self.take_along = self.fused and state.first_trial_won
+        sample = self.sample = self.gradient_sample(state.iteration)
+        self.take_along = self.fused and state.first_trial_won  # samples are nested: it serves the next one
         self.first_trial = self.trial_gradient = None
         with comm.phase(Phase.GRADIENT):
             f0, g, precond = self.gradient_phase(state.theta, shift)
@@ -646,8 +687,13 @@ class HessianFreeTrainer(Trainer):
             loss, train_error, rejected = ls.value, ls.extra, 0
         else:
             loss, train_error, rejected = f0, state.train_error, state.rejected + 1
+        sample_loss = math.nan
+        if not sample.whole:  # the values of a sample: not the training set's objective or error
+            sample_loss, loss, train_error = loss, math.nan, math.nan
+        self.sample = self.whole
         test_error = self.test_error(theta)
-        samples = state.samples + self.n_train * (evals + (0 if state.gradient_kept else 1)) + self.batch_size * (1 + op.products)
+        gradient_samples = sample.count - (self.sample_count(state.iteration - 1) if state.gradient_kept else 0)
+        samples = state.samples + sample.count * evals + gradient_samples + self.batch_size * (1 + op.products)
         source = cfg.warm_start_source
         delta = result.x if source is WarmStart.ITERATE else (d.p if source is WarmStart.DIRECTION else np.zeros_like(state.theta))
         taken = d.measured(shift, self.layout.dot)
@@ -702,6 +748,8 @@ class HessianFreeTrainer(Trainer):
             ritz_max=survey.ritz_max,
             solve_damping=shift,
             nc_scale=new.nc_scale,
+            gradient_sample=0 if sample.whole else sample.count,
+            sample_loss=sample_loss,
         )
         return new, record
 

@@ -41,6 +41,12 @@ class IterationRecord:
     #: trial computed the gradient at its point too (a backward pass more in that trial)
     gradient_kept: bool = False
     gradient_along: bool = False
+    #: the samples this iteration's gradient and objective ran on when not all the training
+    #: data (``TrainConfig.gradient_sample``; 0: all of it). Then ``loss`` and
+    #: ``train_error`` are NaN (not evaluated on the training set) and ``sample_loss`` is
+    #: the objective on the sample after the step
+    gradient_sample: int = 0
+    sample_loss: float = math.nan
     damping: float = math.nan
     rho: float = math.nan
     step_size: float = math.nan
