@@ -49,6 +49,7 @@ HF_VARIANTS = {
     "Martens preconditioner": {"preconditioner": "martens"},
     "λ₀ = 0.1 (fig1-tuned)": {"damping": 0.1},
     "curvature batch 2,000": {"batch_size": 2000},
+    "gradient sample of 5,000 growing by 1.1": {"gradient_sample": 5000, "sample_growth": 1.1},
 }
 
 
