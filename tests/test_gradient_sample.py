@@ -130,3 +130,32 @@ def test_thread_ranks_give_the_serial_trajectory():
         want = [r.sample_loss if r.gradient_sample else r.loss for r in serial]
         assert got == pytest.approx(want, rel=1e-9)
         assert [r.epochs for r in records] == pytest.approx([r.epochs for r in serial], rel=1e-12)
+
+
+def test_a_sampled_run_resumes_with_the_records_of_the_uninterrupted_one(tmp_path):
+    """Sample k is a function of k, and a resumed kept gradient is recomputed uncharged:
+    records and parameters are bitwise those of the run that was not interrupted."""
+    from click.testing import CliRunner
+
+    from hessfree.cli.main import main
+
+    def train(directory, iterations, *extra):
+        args = ["train", "--hidden", "12", "--batch-size", "200", "--gradient-sample", "300", "--sample-growth", "1.3",
+                "--iterations", str(iterations), "--checkpoint-dir", str(directory), "--checkpoint-every", "1",
+                "--metrics", str(directory / "m.jsonl"), "--quiet", *extra]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+
+    def records(directory):
+        lines = [__import__("json").loads(line) for line in (directory / "m.jsonl").read_text().splitlines()]
+        drop = {"time_s", "time_gradient_s", "time_solve_s", "time_line_search_s", "kind"}
+        return [{k: v for k, v in d.items() if k not in drop} for d in lines if d["kind"] == "iteration"]
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train(whole, 8)
+    train(part, 3)
+    train(part, 8, "--resume")
+    expected, got = records(whole), records(part)
+    assert [r["gradient_sample"] for r in got] == [r["gradient_sample"] for r in expected]
+    assert any(r["gradient_sample"] for r in got[3:])  # resumed while still sampling
+    assert got == expected

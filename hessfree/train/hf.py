@@ -289,6 +289,7 @@ class HessianFreeTrainer(Trainer):
     #: trial takes it, that trial's direction and the sums computed with it; and the sums
     #: kept at the accepted θ for the next step's gradient (None: none)
     take_along: bool = False
+    kept_rows: int = 0
     first_trial: np.ndarray | None = None
     trial_gradient: KeptGradient | None = None
     kept_gradient: KeptGradient | None = None
@@ -324,16 +325,24 @@ class HessianFreeTrainer(Trainer):
         return self.regularised(total[0] / count, theta), total[1] / count
 
     def local_gradient(self, theta: np.ndarray, squares: bool = False) -> tuple:
-        """This rank's (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) at θ: the sums kept from the last step's
-        accepted trial when they were computed at this very θ, else one gradient pass."""
+        """This rank's (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) at θ over the iteration's sample: the sums
+        kept from the last step's accepted trial when they were computed at this very θ
+        (plus the rows the sample gained since: samples are nested), else a gradient pass."""
         kept, self.kept_gradient = self.kept_gradient, None
         rows = self.sample.rows
         if kept is not None and kept.theta is theta and (kept.sums[2] is not None) == squares and kept.rows <= rows.n:
-            if kept.rows == rows.n:
-                return kept.sums
-            added = self.sums(theta, rows.rows(kept.rows, rows.n), squares)  # the sample grew: its new rows only
-            return tuple(None if a is None else a + b for a, b in zip(kept.sums, added))
-        return self.sums(theta, rows, squares)
+            head, split = kept.sums, kept.rows
+        else:
+            # not kept: one pass, or, where the last step's sums were kept over a smaller
+            # sample but are gone (a resumed run), the same two sums as the uninterrupted run
+            split = self.kept_rows if 0 < self.kept_rows < rows.n else 0
+            head = self.sums(theta, rows.rows(0, split), squares) if split else None
+        if head is None:
+            return self.sums(theta, rows, squares)
+        if split == rows.n:
+            return head
+        added = self.sums(theta, rows.rows(split, rows.n), squares)  # the sample grew: its new rows only
+        return tuple(None if a is None else a + b for a, b in zip(head, added))
 
     def sums(self, theta: np.ndarray, rows, squares: bool) -> tuple:
         """This rank's (Σℓ, Σ∇ℓ, Σ∇ℓ⊙∇ℓ or None) over ``rows``: one gradient pass."""
@@ -654,6 +663,8 @@ class HessianFreeTrainer(Trainer):
         t0 = time.perf_counter()
         shift = self.solve_damping(state)
         sample = self.sample = self.gradient_sample(state.iteration)
+        # this rank's rows of the last sample, when θ's gradient sums were kept over it
+        self.kept_rows = self.gradient_sample(state.iteration - 1).rows.n if state.gradient_kept and state.iteration else 0
         self.take_along = self.fused and state.first_trial_won  # samples are nested: it serves the next one
         self.first_trial = self.trial_gradient = None
         with comm.phase(Phase.GRADIENT):
