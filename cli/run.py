@@ -155,10 +155,12 @@ def render(cols: list[Column], cells: list[str]) -> str:
     return "  ".join(c.ljust(col.width) if col.left else c.rjust(col.width) for col, c in zip(cols, cells)).rstrip()
 
 
-def legend(hessian_free: bool, solver: str) -> str:
-    """One line naming what the columns' symbols mean (at most ~100 characters)."""
+def legend(hessian_free: bool, solver: str, sampled: bool = False) -> str:
+    """One line naming what the columns' symbols mean (at most ~100 characters; a run on a
+    gradient sample says what its ``~`` means instead of the Krylov column's name)."""
     if hessian_free:
-        return f"err: % wrong · ~: on the gradient sample · λ: damping · ρ: actual/predicted drop · {solver}: Krylov steps · passes: effective epochs"
+        middle = "~: sample's loss" if sampled else f"{solver}: Krylov steps"
+        return f"err: % wrong · λ: damping · ρ: actual/predicted drop · {middle} · passes: effective epochs"
     return "err: % wrong · passes: effective epochs (samples through the network / training samples)"
 
 
@@ -182,8 +184,8 @@ class Progress(Callback):
 
     def __init__(self, echo: Callable[..., None], quiet: bool, unit: str, *, verbose: int = 0, solver: str = "cg",
                  simulate: bool = False, save_model: str | None = None, compile_notice_after: float = COMPILE_NOTICE_AFTER,
-                 clock: Callable[[], float] = time.monotonic):
-        self.echo, self.quiet, self.unit, self.verbose = echo, quiet, unit, verbose
+                 clock: Callable[[], float] = time.monotonic, sampled: bool = False):
+        self.echo, self.quiet, self.unit, self.verbose, self.sampled = echo, quiet, unit, verbose, sampled
         self.solver, self.simulate, self.clock, self.save_model = solver, simulate, clock, save_model
         self.compile_notice_after = compile_notice_after
         self._timer: threading.Timer | None = None
@@ -243,7 +245,7 @@ class Progress(Callback):
                   f"{info.ranks} rank{'s' if info.ranks != 1 else ''} ({backend}{layout})")
         if info.start >= info.total:
             return
-        text = legend(hf, self.solver)
+        text = legend(hf, self.solver, self.sampled)
         if info.reconstruct:
             text = text.replace("err: % wrong", "rec: squared reconstruction error per sample")
         self.echo(text)
@@ -298,6 +300,7 @@ def run_training(values: dict, echo: Callable[..., None]) -> int:
     progress = Progress(
         echo, config.quiet, "iterations" if method.is_hessian_free else "epochs",
         verbose=config.verbose, solver=solver, simulate=config.simulate is not None, save_model=config.save_model,
+        sampled=method.is_hessian_free and config.train.sample_start > 0,
     )
 
     def abort_job(comm, exc: BaseException) -> None:

@@ -247,7 +247,8 @@ def test_gradient_sample_options():
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.lstrip().startswith(("1/3", "2/3", "3/3"))]
     assert len(rows) == 3 and all(row.split()[1].startswith("~") for row in rows)  # the sample's objective
-    assert "~: on the gradient sample" in result.output
+    assert "~: sample's loss" in result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
     assert "train accuracy -" in result.output  # the training set was not evaluated
     bad = invoke("train", "--sample-growth", "1.3", "--iterations", "2")
     assert bad.exit_code == 2 and "--sample-growth needs --gradient-sample" in bad.output
