@@ -198,8 +198,16 @@ def test_the_gradient_taken_along_moves_its_pass_between_phases():
     # no trial, nothing taken along
     none = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=0, gradient_along=True)
     assert none.time_line_search_s == 0.0
+    # a gradient sample of 300 of the 1,000 samples, grown from 250: its new 50 rows computed
+    sampled = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=2, gradient_kept=True, gradient_along=True,
+                            gradient_sample=300, kept_sample=250)
+    assert sampled.time_gradient_s == pytest.approx(25 * f(Work.GRADIENT) + net.allreduce(2, (d + 1) * s, "tree"))
+    assert sampled.time_line_search_s == pytest.approx(150 * (f(Work.GRADIENT) + f(Work.FORWARD)) + 2 * net.allreduce(2, 16, "tree"))
+    assert sampled.epochs_per_iteration == pytest.approx((300 * 2 + 50 + 100 * 4) / 1000)
+    assert model.predict("gn-cg", 100, 2, gradient_sample=5000).time_per_iteration_s == model.predict("gn-cg", 100, 2).time_per_iteration_s
     # the layout prediction on one model slice agrees
-    for flags in (dict(), dict(gradient_kept=True), dict(gradient_along=True), dict(gradient_kept=True, gradient_along=True)):
+    for flags in (dict(), dict(gradient_kept=True), dict(gradient_along=True), dict(gradient_kept=True, gradient_along=True),
+                  dict(gradient_kept=True, gradient_along=True, gradient_sample=300, kept_sample=250), dict(gradient_sample=300)):
         one = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=2, **flags)
         lay = predict_layout(model, "gn-cg", 100, Layout(data=2, model=1), krylov_iterations=3, line_search_evals=2, **flags)
         for key in ("time_gradient_s", "time_line_search_s", "time_per_iteration_s", "epochs_per_iteration"):

@@ -37,7 +37,7 @@ import attrs
 
 from hessfree.cost._checks import count
 from hessfree.cost.compute import Work
-from hessfree.cost.model import Blocks, CostMethod, CostModel, Prediction, TakenAlong, hf_epochs
+from hessfree.cost.model import Blocks, CostMethod, CostModel, Prediction, TakenAlong, hf_epochs, sample_rows
 
 #: inner products per Krylov iteration (each a scalar allreduce under model parallelism),
 #: counted on the solvers' ``dot`` calls over 40 iterations: CG 5.1 (6.2 keeping its
@@ -129,11 +129,14 @@ def predict_layout(
     curvature_products: int | None = None,
     gradient_kept: bool = False,
     gradient_along: bool = False,
+    gradient_sample: int = 0,
+    kept_sample: int = 0,
 ) -> LayoutPrediction:
     """Time per iteration of ``method`` on ``layout`` (P_m = 1: :meth:`CostModel.predict`'s
     numbers); HF does ``krylov_iterations`` × (1 or 2) products unless
     ``curvature_products`` gives their number (e.g. a real run's record);
-    ``gradient_kept``/``gradient_along`` as in :meth:`CostModel.predict`."""
+    ``gradient_kept``/``gradient_along``/``gradient_sample``/``kept_sample`` as in
+    :meth:`CostModel.predict` (the collectives counted are the whole set's)."""
     method = CostMethod(method)
     b = min(count("batch", batch), cost.samples)
     if layout.model > min(cost.layers[1:]):
@@ -143,7 +146,9 @@ def predict_layout(
         K = count("krylov_iterations", krylov_iterations, 0)
         L = count("line_search_evals", line_search_evals, 0)
         q = K * method.products_per_step if curvature_products is None else count("curvature_products", curvature_products, 0)
-        return _hf(cost, method, b, x, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0))
+        rows = (sample_rows(cost.samples, count("gradient_sample", gradient_sample, 0)),
+                sample_rows(cost.samples, count("kept_sample", kept_sample, 0)))
+        return _hf(cost, method, b, x, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0), rows)
     # sgd-mp counts what a model-parallel run issues even on one node
     return _sgd(cost, method, b, x, sharded=layout.model > 1 or method is CostMethod.SGD_MODEL_PARALLEL)
 
@@ -160,20 +165,23 @@ def _row(cost: CostModel, method: CostMethod, b: int, x: _Pieces, times: dict, c
     )
 
 
-def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int, L: int, along: TakenAlong) -> LayoutPrediction:
+def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int, L: int, along: TakenAlong,
+        rows: tuple[int, int]) -> LayoutPrediction:
     n, t, s = cost.samples, cost.test_samples, cost.itemsize
+    m, m_kept = rows  # the gradient sample's rows and the last one's (all n: the whole set)
     hv = method.product is Work.HV
-    grad_c = 0.0 if along.kept else x.compute(Work.GRADIENT, x.rows(n), True)
-    grad_m = x.exchange(x.rows(n)) + x.across_groups((x.shard + 1) * s)
+    computed = m - min(m, m_kept) if along.kept else m
+    grad_c = x.compute(Work.GRADIENT, x.rows(computed), True) if computed else 0.0
+    grad_m = x.exchange(x.rows(m)) + x.across_groups((x.shard + 1) * s)
     solve_c = x.compute(Work.FORWARD, x.rows(b)) + (x.compute(Work.DELTAS, x.rows(b)) if hv else 0.0)
     solve_c += q * x.compute(method.product, x.rows(b))
     dots = K * INNER_PRODUCTS_PER_STEP[method.spec.solver.name] + STEP_INNER_PRODUCTS if x.Pm > 1 else 0
     solve_m = x.exchange(x.rows(b), scatters=False) + (x.exchange(x.rows(b), gathers=False) if hv else 0.0)
     solve_m += q * (x.exchange(x.rows(b)) + x.across_groups(x.shard * s)) + dots * x.in_group_scalar()
-    ls_c = L * x.compute(Work.FORWARD, x.rows(n), True)
+    ls_c = L * x.compute(Work.FORWARD, x.rows(m), True)
     if along.first_trial:
-        ls_c += x.compute(Work.GRADIENT, x.rows(n), True) - x.compute(Work.FORWARD, x.rows(n), True)
-    ls_m = L * (x.exchange(x.rows(n), scatters=False) + x.across_groups(16))
+        ls_c += x.compute(Work.GRADIENT, x.rows(m), True) - x.compute(Work.FORWARD, x.rows(m), True)
+    ls_m = L * (x.exchange(x.rows(m), scatters=False) + x.across_groups(16))
     other_c = x.compute(Work.FORWARD, x.rows(t), True) if t else 0.0
     other_m = (x.exchange(x.rows(t), scatters=False) + x.across_groups(8) if t else 0.0) + x.in_group_scalar()
     total = cost.hf_counts(q, L).total
@@ -182,7 +190,7 @@ def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int,
         total = mp + total if x.Pd > 1 else mp
     counts = (total.collectives, total.bytes)
     compute, comm = grad_c + solve_c + ls_c + other_c, grad_m + solve_m + ls_m + other_m
-    epochs = hf_epochs(n, b, q, L, along.kept)
+    epochs = hf_epochs(n, b, q, L, along.kept, m, m_kept)
     total = compute + comm
     times = dict(time_gradient_s=grad_c + grad_m, time_solve_s=solve_c + solve_m, time_line_search_s=ls_c + ls_m,
                  time_other_s=other_c + other_m)
