@@ -159,3 +159,21 @@ def test_a_sampled_run_resumes_with_the_records_of_the_uninterrupted_one(tmp_pat
     assert [r["gradient_sample"] for r in got] == [r["gradient_sample"] for r in expected]
     assert any(r["gradient_sample"] for r in got[3:])  # resumed while still sampling
     assert got == expected
+
+
+@pytest.mark.mpi
+def test_mpi_data_and_model_parallel_give_the_serial_trajectory(tmp_path):
+    import json
+
+    from mpi.launch import run_mpi
+
+    serial = _run(SAMPLED)
+    run = run_mpi(2, "train_sampled.py", str(tmp_path), json.dumps(SAMPLED), limit=240)
+    assert run.returncode == 0, run.output[-3000:]
+    want = [r.sample_loss if r.gradient_sample else r.loss for r in serial]
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for parallel, records in result.items():
+            assert [r["gradient_sample"] for r in records] == [r.gradient_sample for r in serial], parallel
+            got = [r["sample_loss"] if r["gradient_sample"] else r["loss"] for r in records]
+            assert got == pytest.approx(want, rel=1e-9), parallel
