@@ -16,7 +16,7 @@ from hessfree.errors import ConfigError
 from hessfree.experiments.replay import replay
 from hessfree.methods import Method
 from hessfree.train import HessianFreeTrainer, TrainConfig, fit, make_run_config
-from hessfree.train.batches import gradient_window, sample_size
+from hessfree.train.batches import local_positions, local_prefix, sample_size
 from hessfree.train.hf import KeptGradient, Sample
 from hessfree.train.run import build
 
@@ -39,7 +39,15 @@ def test_sample_sizes_grow_geometrically_up_to_the_whole_set(first, growth, n, k
         assert size == n
     elif size < n:
         assert size == int(first * growth**k)
-    np.testing.assert_array_equal(gradient_window(k, first, growth, n), np.arange(size))
+
+
+@given(n=st.integers(1, 500), size=st.integers(0, 600), ranks=st.integers(1, 5), data=st.data())
+def test_a_samples_rows_are_a_prefix_of_every_shard(n, size, ranks, data):
+    rank = data.draw(st.integers(0, ranks - 1))
+    chunk = -(-n // ranks)
+    for rows in (range(rank, n, ranks), range(min(rank * chunk, n), min((rank + 1) * chunk, n))):  # strided, contiguous
+        at = local_positions(rows, np.arange(min(size, n)))
+        np.testing.assert_array_equal(at, np.arange(local_prefix(rows, size)))
 
 
 def test_a_sample_is_all_of_the_data_at_the_latest_when_its_schedule_reaches_n():

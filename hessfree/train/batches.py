@@ -54,10 +54,12 @@ def sample_size(iteration: int, first: int, growth: float, n: int) -> int:
     return min(n, int(first * growth**iteration))
 
 
-def gradient_window(iteration: int, first: int, growth: float, n: int) -> np.ndarray:
-    """Global indices of iteration k's gradient sample: the first :func:`sample_size`
-    samples of the training set. Samples are nested (each holds the last), so the sums a
-    step computed over its sample at the new point serve the next sample as they are, with
-    only the added samples to compute; like the curvature windows, this assumes the data in
-    random order (MNIST's and the embedded digits' are)."""
-    return np.arange(sample_size(iteration, first, growth, n), dtype=np.int64)
+def local_prefix(rows: range, size: int) -> int:
+    """How many of the first ``size`` global samples live in this rank's shard (``rows``,
+    contiguous or strided): with either, they are the shard's first rows. Iteration k's
+    gradient sample is the first :func:`sample_size` samples of the training set, nested
+    (each holds the last), so the sums a step computed over its sample at the new point
+    serve the next sample as they are, with only the added rows to compute; like the
+    curvature windows, this assumes the data in random order (MNIST's and the embedded
+    digits' are)."""
+    return len(range(rows.start, max(rows.start, min(size, rows.stop)), rows.step))

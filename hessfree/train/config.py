@@ -44,7 +44,7 @@ class TrainConfig:
     ``preconditioner`` (none, or martens: the diagonal (F̂ + λ + μ)^¾ of Martens (2010),
     F̂ the empirical Fisher diagonal from the gradient pass; README, "Speed to accuracy").
     ``gradient_sample`` s₀ and ``sample_growth`` r (HF): iteration k takes its gradient and
-    its line search on ⌊s₀·rᵏ⌋ consecutive training samples (at most all n; default: the
+    its line search on the first ⌊s₀·rᵏ⌋ training samples (at most all n; default: the
     method's, 0 = all n), see ``hessfree.train.batches.sample_size``.
     """
 

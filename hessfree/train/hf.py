@@ -59,7 +59,7 @@ from hessfree.methods import DampingRule, NegativeCurvatureRule, Preconditioner,
 from hessfree.solvers import CG, CandidateKind, Curvature, KrylovSolver, SolveResult
 from hessfree.solvers.fused import scale_add
 from hessfree.train import negative
-from hessfree.train.batches import curvature_window, gradient_window, local_positions, sample_size
+from hessfree.train.batches import curvature_window, local_prefix, sample_size
 from hessfree.train.config import TrainConfig
 from hessfree.train.damping import quadratic_model, reduction_ratio, update_damping
 from hessfree.train.linesearch import LineSearchResult, armijo, sufficient_decrease
@@ -404,14 +404,12 @@ class HessianFreeTrainer(Trainer):
         return f, g, (fisher + (shift + self.config.weight_decay)) ** -PRECONDITIONER_EXPONENT
 
     def gradient_sample(self, iteration: int) -> Sample:
-        """Iteration k's gradient sample (``hessfree.train.batches.gradient_window``): the
-        whole set, or this rank's rows of the first ⌊s₀·rᵏ⌋ global samples (with strided or
-        contiguous shards, a prefix of the shard: a view)."""
-        cfg, size = self.config, self.sample_count(iteration)
+        """Iteration k's gradient sample: the whole set, or this rank's rows of the first
+        ⌊s₀·rᵏ⌋ global samples, a prefix of the shard (a view; ``batches.local_prefix``)."""
+        size = self.sample_count(iteration)
         if size == self.n_train:
             return self.whole
-        local = local_positions(self.rows, gradient_window(iteration, cfg.sample_start, cfg.sample_growth, self.n_train))
-        return Sample(self.train.rows(0, local.size), size, whole=False)  # a prefix of the shard: a view
+        return Sample(self.train.rows(0, local_prefix(self.rows, size)), size, whole=False)
 
     def sample_count(self, iteration: int) -> int:
         """How many samples iteration k's gradient and objective run on (all n: whole)."""
@@ -664,7 +662,7 @@ class HessianFreeTrainer(Trainer):
         shift = self.solve_damping(state)
         sample = self.sample = self.gradient_sample(state.iteration)
         # this rank's rows of the last sample, when θ's gradient sums were kept over it
-        self.kept_rows = self.gradient_sample(state.iteration - 1).rows.n if state.gradient_kept and state.iteration else 0
+        self.kept_rows = local_prefix(self.rows, self.sample_count(state.iteration - 1)) if state.gradient_kept and state.iteration else 0
         self.take_along = self.fused and state.first_trial_won  # samples are nested: it serves the next one
         self.first_trial = self.trial_gradient = None
         with comm.phase(Phase.GRADIENT):
