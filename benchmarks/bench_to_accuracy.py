@@ -50,6 +50,8 @@ HF_VARIANTS = {
     "λ₀ = 0.1 (fig1-tuned)": {"damping": 0.1},
     "curvature batch 2,000": {"batch_size": 2000},
     "gradient sample of 5,000 growing by 1.1": {"gradient_sample": 5000, "sample_growth": 1.1},
+    # windows take about ten iterations per pass: a longer cap (the run stops at the target)
+    "gradient windows of 6,000, λ ≥ 0.01": {"gradient_batch": 6000, "damping_min": 0.01, "iterations": 200},
 }
 
 

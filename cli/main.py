@@ -86,6 +86,7 @@ def _train_options():
         click.option("--batch-size", type=int, help="Curvature batch (HF) or mini-batch (first-order), global over ranks (default: the method's)."),
         click.option("--cg-max-iter", type=int, help=f"Krylov iteration cap per solve (default: the method's: {_krylov_caps(Method)}; Hessian-free methods only)."),
         click.option("--damping", type=float, help=f"Initial Levenberg-Marquardt λ (default {t.damping}; Hessian-free methods only)."),
+        click.option("--damping-min", type=float, help=f"The smallest λ the damping rule may reach (default {t.damping_min:g}; Hessian-free methods only)."),
         click.option("--backtracking/--no-backtracking", default=None, help="CG-backtracking: walk back over the Krylov iterates while the objective decreases (default: the method's; off for gn-cg, on for the other Hessian-free methods)."),
         click.option("--lr", type=float, help=f"Learning rate (default {t.lr}; first-order methods only)."),
         click.option("--momentum", type=float, help=f"Momentum (default {t.momentum}; msgd only)."),
@@ -118,6 +119,7 @@ def _train_options():
         click.option("--warm-start-source", type=click.Choice(choices(WarmStart)), help=f"Krylov start: the last iterate (Martens), the chosen direction (the paper) or zero (default {t.warm_start_source.value})."),
         click.option("--preconditioner", type=click.Choice(choices(Preconditioner)), help=f"Krylov preconditioner: none, or martens (the empirical Fisher diagonal to the power 3/4; default {t.preconditioner.value})."),
         click.option("--gradient-sample", type=int, help="Iteration k takes its gradient and line search on the first ⌊N·r^k⌋ training samples, nested, all of them once that reaches n (default: the method's; 0, the whole set; README, \"Speed to accuracy\"; Hessian-free methods only)."),
+        click.option("--gradient-batch", type=int, help="Iteration k takes its gradient and line search on window k of N consecutive training samples, cycled through the data; the training and test sets are evaluated once per pass and at the last iteration (default: the method's; 0, the whole set; README, \"Speed to accuracy\"; Hessian-free methods only)."),
         click.option("--sample-growth", type=float, help=f"r, the gradient sample's growth per iteration (default {t.sample_growth:g}; with --gradient-sample)."),
         click.option("--init-scale", type=float, help=f"θ₀ = s × the initial parameters, for saddle studies (default {t.init_scale:g})."),
     ]
@@ -135,7 +137,7 @@ def _applicability():
 
     hf = ("iterations", "cg_max_iter", "cg_rtol", "progress_tol", "damping", "damping_min", "damping_max",
           "damping_increase", "damping_decrease", "rho_low", "rho_high", "warm_start", "backtracking", "negative_curvature", "damping_rule", "warm_start_source",
-          "preconditioner", "armijo_c", "armijo_shrink", "max_line_search", "gradient_sample", "sample_growth")
+          "preconditioner", "armijo_c", "armijo_shrink", "max_line_search", "gradient_sample", "sample_growth", "gradient_batch")
     rules = {key: (lambda m: m.is_hessian_free, "a first-order method; it applies to the Hessian-free methods only") for key in hf}
     rules["iterations"] = (lambda m: m.is_hessian_free, "a first-order method, whose run length is --epochs")
     rules["epochs"] = (lambda m: not m.is_hessian_free, "a Hessian-free method, whose run length is --iterations")

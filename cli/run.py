@@ -273,7 +273,7 @@ class Progress(Callback):
                 other = "" if last.test_error is None else f", {split} reconstruction error {last.test_error:.4f}"
                 self.echo(f"done: {result.state.iteration} {self.unit}, loss {_objective(last)}, train reconstruction error {_fixed(last.train_error)}{other}, {last.time_s:.1f}s")
             else:
-                acc = "" if last.test_error is None else f", {split} accuracy {1 - last.test_error:.4f}"
+                acc = "" if last.test_error is None else f", {split} accuracy {_fixed(1 - last.test_error)}"
                 self.echo(f"done: {result.state.iteration} {self.unit}, loss {_objective(last)}, train accuracy {_fixed(1 - last.train_error)}{acc}, {last.time_s:.1f}s")
         else:
             self.echo(f"done: nothing to do (already at {result.state.iteration})")
@@ -300,7 +300,7 @@ def run_training(values: dict, echo: Callable[..., None]) -> int:
     progress = Progress(
         echo, config.quiet, "iterations" if method.is_hessian_free else "epochs",
         verbose=config.verbose, solver=solver, simulate=config.simulate is not None, save_model=config.save_model,
-        sampled=method.is_hessian_free and config.train.sample_start > 0,
+        sampled=method.is_hessian_free and (config.train.sample_start > 0 or config.train.window_size > 0),
     )
 
     def abort_job(comm, exc: BaseException) -> None:

@@ -121,6 +121,8 @@ class MethodSpec:
     #: s₀ of the geometric gradient sample (``TrainConfig.gradient_sample``); 0: every
     #: gradient and objective on the whole training set
     gradient_sample: int = 0
+    #: B of the gradient windows (``TrainConfig.gradient_batch``); 0: none
+    gradient_batch: int = 0
     # first-order methods
     update: Update | None = None
 

@@ -254,3 +254,18 @@ def test_gradient_sample_options():
     assert bad.exit_code == 2 and "--sample-growth needs --gradient-sample" in bad.output
     first_order = invoke("train", "--method", "sgd", "--gradient-sample", "10")
     assert first_order.exit_code == 2 and "--gradient-sample does not apply to sgd" in first_order.output
+
+
+def test_gradient_window_options():
+    result = invoke("train", "--gradient-batch", "500", "--damping-min", "0.01", "--iterations", "4")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines() if line.lstrip()[:3] in ("1/4", "2/4", "3/4", "4/4")]
+    # 1,347 samples: window 3 completes the first pass, window 4 is the last iteration
+    assert [row[1].startswith("~") for row in rows] == [True, True, False, False]
+    assert "~: sample's loss" in result.output and "train accuracy -" not in result.output
+    both = invoke("train", "--gradient-batch", "500", "--gradient-sample", "300", "--iterations", "2")
+    assert both.exit_code == 2 and "gradient_batch: expected 0 with a gradient sample" in both.output
+    first_order = invoke("train", "--method", "msgd", "--gradient-batch", "10")
+    assert first_order.exit_code == 2 and "--gradient-batch does not apply to msgd" in first_order.output
+    negative = invoke("train", "--gradient-batch", "-5")
+    assert negative.exit_code == 2 and "gradient_batch" in negative.output

@@ -37,7 +37,7 @@ import attrs
 
 from hessfree.cost._checks import count
 from hessfree.cost.compute import Work
-from hessfree.cost.model import Blocks, CostMethod, CostModel, Prediction, TakenAlong, hf_epochs, sample_rows
+from hessfree.cost.model import Blocks, CostMethod, CostModel, Evaluation, Prediction, TakenAlong, hf_epochs, sample_rows
 
 #: inner products per Krylov iteration (each a scalar allreduce under model parallelism),
 #: counted on the solvers' ``dot`` calls over 40 iterations: CG 5.1 (6.2 keeping its
@@ -131,11 +131,12 @@ def predict_layout(
     gradient_along: bool = False,
     gradient_sample: int = 0,
     kept_sample: int = 0,
+    evaluation: Evaluation | str = Evaluation.STEP,
 ) -> LayoutPrediction:
     """Time per iteration of ``method`` on ``layout`` (P_m = 1: :meth:`CostModel.predict`'s
     numbers); HF does ``krylov_iterations`` × (1 or 2) products unless
     ``curvature_products`` gives their number (e.g. a real run's record);
-    ``gradient_kept``/``gradient_along``/``gradient_sample``/``kept_sample`` as in
+    ``gradient_kept``/``gradient_along``/``gradient_sample``/``kept_sample``/``evaluation`` as in
     :meth:`CostModel.predict` (the collectives counted are the whole set's)."""
     method = CostMethod(method)
     b = min(count("batch", batch), cost.samples)
@@ -148,7 +149,8 @@ def predict_layout(
         q = K * method.products_per_step if curvature_products is None else count("curvature_products", curvature_products, 0)
         rows = (sample_rows(cost.samples, count("gradient_sample", gradient_sample, 0)),
                 sample_rows(cost.samples, count("kept_sample", kept_sample, 0)))
-        return _hf(cost, method, b, x, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0), rows)
+        along = TakenAlong(gradient_kept, gradient_along and L > 0)
+        return _hf(cost, method, b, x, K, q, L, along, rows, Evaluation(evaluation))
     # sgd-mp counts what a model-parallel run issues even on one node
     return _sgd(cost, method, b, x, sharded=layout.model > 1 or method is CostMethod.SGD_MODEL_PARALLEL)
 
@@ -166,7 +168,7 @@ def _row(cost: CostModel, method: CostMethod, b: int, x: _Pieces, times: dict, c
 
 
 def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int, L: int, along: TakenAlong,
-        rows: tuple[int, int]) -> LayoutPrediction:
+        rows: tuple[int, int], evaluation: Evaluation) -> LayoutPrediction:
     n, t, s = cost.samples, cost.test_samples, cost.itemsize
     m, m_kept = rows  # the gradient sample's rows and the last one's (all n: the whole set)
     hv = method.product is Work.HV
@@ -182,15 +184,20 @@ def _hf(cost: CostModel, method: CostMethod, b: int, x: _Pieces, K: int, q: int,
     if along.first_trial:
         ls_c += x.compute(Work.GRADIENT, x.rows(m), True) - x.compute(Work.FORWARD, x.rows(m), True)
     ls_m = L * (x.exchange(x.rows(m), scatters=False) + x.across_groups(16))
-    other_c = x.compute(Work.FORWARD, x.rows(t), True) if t else 0.0
-    other_m = (x.exchange(x.rows(t), scatters=False) + x.across_groups(8) if t else 0.0) + x.in_group_scalar()
-    total = cost.hf_counts(q, L).total
+    test = t if evaluation.test else 0
+    other_c = x.compute(Work.FORWARD, x.rows(test), True) if test else 0.0
+    other_m = (x.exchange(x.rows(test), scatters=False) + x.across_groups(8) if test else 0.0) + x.in_group_scalar()
+    if evaluation is Evaluation.WHOLE:  # a gradient window's pass over the training set
+        other_c += x.compute(Work.FORWARD, x.rows(n), True)
+        other_m += x.exchange(x.rows(n), scatters=False) + x.across_groups(16)
+    total = cost.hf_counts(q, L, evaluation).total
     if x.Pm > 1:
-        mp = cost.hf_mp_counts(b, q, L, exact=hv, inner_products={"curvature": dots}).total
+        mp = cost.hf_mp_counts(b, q, L, exact=hv, inner_products={"curvature": dots}, evaluation=evaluation,
+                               sample=m).total
         total = mp + total if x.Pd > 1 else mp
     counts = (total.collectives, total.bytes)
     compute, comm = grad_c + solve_c + ls_c + other_c, grad_m + solve_m + ls_m + other_m
-    epochs = hf_epochs(n, b, q, L, along.kept, m, m_kept)
+    epochs = hf_epochs(n, b, q, L, along.kept, m, m_kept, evaluation)
     total = compute + comm
     times = dict(time_gradient_s=grad_c + grad_m, time_solve_s=solve_c + solve_m, time_line_search_s=ls_c + ls_m,
                  time_other_s=other_c + other_m)

@@ -167,6 +167,30 @@ class Prediction:
         return self.time_solve_s / self.time_per_iteration_s if self.time_per_iteration_s else 0.0
 
 
+class Evaluation(enum.Enum):
+    """What an HF iteration evaluates beside its step (a record's ``window`` and
+    ``evaluated``). ``step``: the training objective comes from the line search, the test
+    set is evaluated (every iteration without gradient windows); ``whole``: a gradient
+    window's iteration that evaluates the training set by a forward pass of its own (one
+    scalar allreduce of the loss and error) and the test set; ``none``: one that
+    evaluates neither."""
+
+    STEP = "step"
+    WHOLE = "whole"
+    NONE = "none"
+
+    @classmethod
+    def of(cls, record: dict) -> "Evaluation":
+        """A record's (as a dict; fields absent in records written before windows: step)."""
+        if not record.get("window"):
+            return cls.STEP
+        return cls.WHOLE if record.get("evaluated") else cls.NONE
+
+    @property
+    def test(self) -> bool:
+        return self is not Evaluation.NONE
+
+
 @attrs.frozen
 class TakenAlong:
     """Where an HF iteration's gradient work went (module docstring): ``kept``, its
@@ -177,14 +201,17 @@ class TakenAlong:
     first_trial: bool = False
 
 
-def hf_epochs(n: int, b: int, products: int, evaluations: int, kept: bool, sample: int = 0, kept_sample: int = 0) -> float:
+def hf_epochs(n: int, b: int, products: int, evaluations: int, kept: bool, sample: int = 0, kept_sample: int = 0,
+              evaluation: Evaluation = Evaluation.STEP) -> float:
     """Effective epochs of one HF iteration, as the trainer counts them: the gradient pass
     (when kept, only the samples the last step's did not cover), the curvature batch's
-    forward pass and products, the evaluations. ``sample``: the iteration's gradient
-    sample and ``kept_sample`` the last one's (0: the whole set, n)."""
+    forward pass and products, the evaluations (and a gradient window's pass over the
+    training set, ``evaluation`` whole). ``sample``: the iteration's gradient sample and
+    ``kept_sample`` the last one's (0: the whole set, n)."""
     m = sample_rows(n, sample)
     gradient = m - min(m, sample_rows(n, kept_sample)) if kept else m
-    return (m * evaluations + gradient + b * (1 + products)) / n
+    whole = n if evaluation is Evaluation.WHOLE else 0
+    return (m * evaluations + gradient + b * (1 + products) + whole) / n
 
 
 def sample_rows(n: int, sample: int) -> int:
@@ -233,11 +260,13 @@ class CostModel:
         return self.node.itemsize
 
     # ------------------------------------------------------------------ counts
-    def hf_counts(self, curvature_products: int, line_search_evals: int) -> CommCounts:
+    def hf_counts(self, curvature_products: int, line_search_evals: int, evaluation: Evaluation = Evaluation.STEP) -> CommCounts:
         """The collectives of one HF iteration that did these products and evaluations."""
         q, L = count("curvature_products", curvature_products, 0), count("line_search_evals", line_search_evals, 0)
         d, s = self.n_params, self.itemsize
-        other = PhaseCounts(allreduce_scalars=1, bytes=8) if self.test_samples else PhaseCounts()
+        test = self.test_samples and evaluation.test
+        whole = evaluation is Evaluation.WHOLE
+        other = PhaseCounts(allreduce_scalars=int(bool(test)) + whole, bytes=8 * bool(test) + 16 * whole)
         return CommCounts(
             gradient=PhaseCounts(allreduce=1, bytes=(d + 1) * s),
             curvature=PhaseCounts(allreduce=q, bytes=q * d * s),
@@ -288,27 +317,33 @@ class CostModel:
         return CommCounts(gradient=gradient, other=other)
 
     def hf_mp_counts(self, batch: int, curvature_products: int, line_search_evals: int, *, exact: bool,
-                     inner_products: dict | None = None) -> CommCounts:
+                     inner_products: dict | None = None, evaluation: Evaluation = Evaluation.STEP,
+                     sample: int = 0) -> CommCounts:
         """The collectives of one model-parallel HF iteration with this curvature batch,
         products (of the exact Hessian when ``exact``) and objective evaluations.
 
         ``inner_products`` maps phase names to the inner products taken there (each one
         scalar allreduce: the solver's, the step's bookkeeping; see
         ``hessfree.cost.layouts.INNER_PRODUCTS_PER_STEP`` for the solvers' rates). The finiteness test of the
-        gradient is one more scalar allreduce (phase other).
+        gradient is one more scalar allreduce (phase other). ``sample``: the rows the
+        gradient pass and the evaluations run on (a record's ``gradient_sample``; 0: all);
+        ``evaluation``: what the iteration evaluates beside its step (:class:`Evaluation`).
         """
         b = min(count("batch", batch), self.samples)
         q, L = count("curvature_products", curvature_products, 0), count("line_search_evals", line_search_evals, 0)
+        m = sample_rows(self.samples, count("sample", sample, 0))  # the gradient's and evaluations' rows
         dots = {p.value: 0 for p in Phase}
         dots.update(inner_products or {})
         curvature = self._exchange(b, scatters=False) + self._exchange(b, times=q)
         if exact and q:
             curvature = curvature + self._exchange(b, gathers=False)
         return CommCounts(
-            gradient=self._exchange(self.samples) + self._scalars(dots["gradient"]),
+            gradient=self._exchange(m) + self._scalars(dots["gradient"]),
             curvature=curvature + self._scalars(dots["curvature"]),
-            line_search=self._exchange(self.samples, scatters=False, times=L) + self._scalars(dots["line_search"]),
-            other=self._exchange(self.test_samples, scatters=False) + self._scalars(1 + dots["other"]),
+            line_search=self._exchange(m, scatters=False, times=L) + self._scalars(dots["line_search"]),
+            other=(self._exchange(self.test_samples, scatters=False, times=int(evaluation.test))
+                   + self._exchange(self.samples, scatters=False, times=int(evaluation is Evaluation.WHOLE))
+                   + self._scalars(1 + dots["other"])),
         )
 
     def updates_per_epoch(self, batch: int) -> int:
@@ -339,6 +374,7 @@ class CostModel:
         gradient_along: bool = False,
         gradient_sample: int = 0,
         kept_sample: int = 0,
+        evaluation: Evaluation | str = Evaluation.STEP,
     ) -> Prediction:
         """Time, collectives and bytes of one iteration of ``method`` at this batch and P.
 
@@ -347,7 +383,9 @@ class CostModel:
         ``gradient_kept``/``gradient_along`` as in the module docstring (a record's).
         ``gradient_sample`` (a record's; 0: the whole set): the samples the gradient and the
         evaluations run on; a kept gradient then computes only the samples the last
-        iteration's (``kept_sample``, 0: whole) did not cover."""
+        iteration's (``kept_sample``, 0: whole) did not cover. ``evaluation``: what the
+        iteration evaluates beside its step (:class:`Evaluation`; a record's, for gradient
+        windows)."""
         method = _enum(CostMethod)(method)
         batch, nodes = count("batch", batch), count("nodes", nodes)
         batch = min(batch, self.samples)
@@ -357,13 +395,14 @@ class CostModel:
             L = count("line_search_evals", line_search_evals, 0)
             rows = (sample_rows(self.samples, count("gradient_sample", gradient_sample, 0)),
                     sample_rows(self.samples, count("kept_sample", kept_sample, 0)))
-            return self._predict_hf(method, batch, nodes, K, q, L, TakenAlong(gradient_kept, gradient_along and L > 0), rows)
+            along = TakenAlong(gradient_kept, gradient_along and L > 0)
+            return self._predict_hf(method, batch, nodes, K, q, L, along, rows, _enum(Evaluation)(evaluation))
         if method is CostMethod.SGD_MODEL_PARALLEL:
             return self._predict_model_parallel(batch, nodes)
         return self._predict_sgd(method, batch, nodes)
 
     def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, q: int, L: int, along: "TakenAlong",
-                    rows: tuple[int, int] | None = None) -> Prediction:
+                    rows: tuple[int, int] | None = None, evaluation: Evaluation = Evaluation.STEP) -> Prediction:
         d, s, n = self.n_params, self.itemsize, self.samples
         m, m_kept = rows if rows is not None else (n, n)  # the gradient sample's rows, the last one's
         b_local = self._share(b, P)
@@ -379,13 +418,17 @@ class CostModel:
         if along.first_trial:
             ls_compute += self._full_pass(Work.GRADIENT, b, P, m) - self._full_pass(Work.FORWARD, b, P, m)
         ls_comm = L * self._allreduce(P, 16)
-        other_compute = self._full_pass(Work.FORWARD, b, P, self.test_samples) if self.test_samples else 0.0
-        other_comm = self._allreduce(P, 8) if self.test_samples else 0.0
-        counts = self.hf_counts(q, L).total
+        test = bool(self.test_samples) and evaluation.test
+        other_compute = self._full_pass(Work.FORWARD, b, P, self.test_samples) if test else 0.0
+        other_comm = self._allreduce(P, 8) if test else 0.0
+        if evaluation is Evaluation.WHOLE:  # a gradient window's pass over the training set
+            other_compute += self._full_pass(Work.FORWARD, b, P, n)
+            other_comm += self._allreduce(P, 16)
+        counts = self.hf_counts(q, L, evaluation).total
         compute = grad_compute + solve_compute + ls_compute + other_compute
         comm = grad_comm + solve_comm + ls_comm + other_comm
         total = compute + comm
-        epochs = hf_epochs(n, b, q, L, along.kept, m, m_kept)
+        epochs = hf_epochs(n, b, q, L, along.kept, m, m_kept, evaluation)
         return Prediction(
             method=method.value, batch=b, nodes=P,
             time_gradient_s=grad_compute + grad_comm, time_solve_s=solve_compute + solve_comm,

@@ -21,6 +21,7 @@ from typing import Sequence
 import attrs
 
 from hessfree.cost import Blocks, CostModel, NodeSpec, interconnect, paper_node
+from hessfree.cost.model import Evaluation
 from hessfree.cost.network import Collective, Network
 from hessfree.methods import Method
 
@@ -69,6 +70,7 @@ def iteration_seconds(model: CostModel, method: Method, batch: int, nodes: int, 
             gradient_along=bool(record.get("gradient_along")),
             gradient_sample=int(record.get("gradient_sample") or 0),  # absent before it: the whole set
             kept_sample=int((previous or {}).get("gradient_sample") or 0),
+            evaluation=Evaluation.of(record),
         )
         return p.time_per_iteration_s
     return model.predict(method.value, batch, nodes).time_per_epoch_s

@@ -63,3 +63,21 @@ def local_prefix(rows: range, size: int) -> int:
     curvature windows, this assumes the data in random order (MNIST's and the embedded
     digits' are)."""
     return len(range(rows.start, max(rows.start, min(size, rows.stop)), rows.step))
+
+
+def ends_pass(iteration: int, size: int, n: int) -> bool:
+    """Whether gradient window k (``size`` samples from k·size, cycled like the curvature
+    windows) completes a pass over the n training samples: ⌊(k+1)·B/n⌋ > ⌊k·B/n⌋. The
+    training set and the test set are evaluated after such an iteration's step, once per
+    pass, as the first-order methods evaluate once per epoch."""
+    return (iteration + 1) * size // n > iteration * size // n
+
+
+def contiguous_positions(positions: np.ndarray) -> tuple[int, int] | None:
+    """(start, stop) when ``positions`` are consecutive rows of the shard (a window that
+    does not wrap, on a contiguous or strided shard: a view serves it), else None.
+    ``positions`` ascend within each piece of a window (``local_positions``), so the span
+    equals the count exactly when they are consecutive; a wrapped window's span does not."""
+    if positions.size and positions[-1] - positions[0] + 1 == positions.size:
+        return int(positions[0]), int(positions[-1]) + 1
+    return None

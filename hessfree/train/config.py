@@ -83,6 +83,8 @@ class TrainConfig:
     #: s₀, the first iteration's gradient sample (see ``sample_start``; 0: the whole set)
     gradient_sample: int | None = int_field(None, optional=True, minimum=0)
     sample_growth: float = real_field(1.1, low=1)  # r: sample k has ⌊s₀·rᵏ⌋ samples, at most n
+    #: B, the gradient windows' size (see ``window_size``; 0: every gradient whole)
+    gradient_batch: int | None = int_field(None, optional=True, minimum=0)
 
     @property
     def global_batch(self) -> int:
@@ -94,6 +96,11 @@ class TrainConfig:
         """``gradient_sample``, or the method's default (0: every iteration's gradient and
         objective on the whole training set)."""
         return self.gradient_sample if self.gradient_sample is not None else self.method.spec.gradient_sample
+
+    @property
+    def window_size(self) -> int:
+        """``gradient_batch``, or the method's default (0: no gradient windows)."""
+        return self.gradient_batch if self.gradient_batch is not None else self.method.spec.gradient_batch
 
     @property
     def krylov_max_iter(self) -> int:
@@ -118,6 +125,10 @@ class TrainConfig:
             train["gradient_sample"] = self.sample_start
         else:
             del train["gradient_sample"], train["sample_growth"]
+        if self.window_size:  # likewise: absent when there are no windows
+            train["gradient_batch"] = self.window_size
+        else:
+            del train["gradient_batch"]
         return train
 
     @property
@@ -140,5 +151,8 @@ class TrainConfig:
             raise ConfigError(f"damping_min: expected ≤ damping_max ({self.damping_max}), found {self.damping_min}")
         if not self.damping_min <= self.damping <= self.damping_max:
             raise ConfigError(f"damping: expected within [{self.damping_min}, {self.damping_max}], found {self.damping}")
+        if self.sample_start and self.window_size:
+            raise ConfigError(f"gradient_batch: expected 0 with a gradient sample (gradient_sample {self.sample_start}): "
+                              f"a gradient runs on a growing sample or on windows, not both; found {self.window_size}")
         if self.rho_low > self.rho_high:
             raise ConfigError(f"rho_low: expected ≤ rho_high ({self.rho_high}), found {self.rho_low}")

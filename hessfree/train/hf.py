@@ -59,7 +59,7 @@ from hessfree.methods import DampingRule, NegativeCurvatureRule, Preconditioner,
 from hessfree.solvers import CG, CandidateKind, Curvature, KrylovSolver, SolveResult
 from hessfree.solvers.fused import scale_add
 from hessfree.train import negative
-from hessfree.train.batches import curvature_window, local_prefix, sample_size
+from hessfree.train.batches import contiguous_positions, curvature_window, ends_pass, local_positions, local_prefix, sample_size
 from hessfree.train.config import TrainConfig
 from hessfree.train.damping import quadratic_model, reduction_ratio, update_damping
 from hessfree.train.linesearch import LineSearchResult, armijo, sufficient_decrease
@@ -220,11 +220,13 @@ class KeptGradient:
 @attrs.frozen
 class Sample:
     """The training samples an iteration's gradient and objective run on: this rank's
-    rows of them, and how many there are over all ranks; ``whole``: all n of them."""
+    rows of them, and how many there are over all ranks; ``whole``: all n of them;
+    ``window``: a gradient window (not nested: nothing of the last sample serves it)."""
 
     rows: object  # the model's batch
     count: int
     whole: bool = True
+    window: bool = False
 
 
 @attrs.frozen
@@ -307,6 +309,9 @@ class HessianFreeTrainer(Trainer):
         #: the whole training set, and the samples of the iteration running (its gradient
         #: sample: ``gradient_sample``); the whole set between iterations
         self.whole = self.sample = Sample(self.train, self.n_train)
+        #: B of the gradient windows, when they are on (fewer than n samples)
+        self.window = config.window_size
+        self.windowed = 0 < self.window < self.n_train
 
     # ------------------------------------------------------------------ state
     def initial_state(self, theta: np.ndarray | None = None) -> HFState:
@@ -404,12 +409,22 @@ class HessianFreeTrainer(Trainer):
         return f, g, (fisher + (shift + self.config.weight_decay)) ** -PRECONDITIONER_EXPONENT
 
     def gradient_sample(self, iteration: int) -> Sample:
-        """Iteration k's gradient sample: the whole set, or this rank's rows of the first
-        ⌊s₀·rᵏ⌋ global samples, a prefix of the shard (a view; ``batches.local_prefix``)."""
+        """Iteration k's gradient sample: the whole set; this rank's rows of the first
+        ⌊s₀·rᵏ⌋ global samples, a prefix of the shard (a view; ``batches.local_prefix``);
+        or, with gradient windows, of window k."""
+        if self.windowed:
+            return Sample(self.window_rows(iteration), self.window, whole=False, window=True)
         size = self.sample_count(iteration)
         if size == self.n_train:
             return self.whole
         return Sample(self.train.rows(0, local_prefix(self.rows, size)), size, whole=False)
+
+    def window_rows(self, iteration: int):
+        """This rank's rows of gradient window k: B consecutive global samples from k·B,
+        cycled through the data like the curvature batches (a view unless it wraps)."""
+        window = curvature_window(iteration, self.window, self.n_train)
+        span = contiguous_positions(local_positions(self.rows, window))
+        return self.train.rows(*span) if span is not None else self.model.batch(*self.local_rows(window))
 
     def sample_count(self, iteration: int) -> int:
         """How many samples iteration k's gradient and objective run on (all n: whole)."""
@@ -647,6 +662,10 @@ class HessianFreeTrainer(Trainer):
             return rho, state.damping
         return rho, update_damping(state.damping, rho, self.config)
 
+    def unevaluated_test_error(self) -> float | None:
+        """The test error of an iteration that does not evaluate it (NaN; None: no test set)."""
+        return None if self.test is None or self.n_test == 0 else math.nan
+
     def test_error(self, theta: np.ndarray) -> float | None:
         if self.test is None or self.n_test == 0:
             return None
@@ -663,7 +682,8 @@ class HessianFreeTrainer(Trainer):
         sample = self.sample = self.gradient_sample(state.iteration)
         # this rank's rows of the last sample, when θ's gradient sums were kept over it
         self.kept_rows = local_prefix(self.rows, self.sample_count(state.iteration - 1)) if state.gradient_kept and state.iteration else 0
-        self.take_along = self.fused and state.first_trial_won  # samples are nested: it serves the next one
+        # samples are nested: it serves the next one; windows are not
+        self.take_along = self.fused and state.first_trial_won and not self.windowed
         self.first_trial = self.trial_gradient = None
         with comm.phase(Phase.GRADIENT):
             f0, g, precond = self.gradient_phase(state.theta, shift)
@@ -700,9 +720,16 @@ class HessianFreeTrainer(Trainer):
         if not sample.whole:  # the values of a sample: not the training set's objective or error
             sample_loss, loss, train_error = loss, math.nan, math.nan
         self.sample = self.whole
-        test_error = self.test_error(theta)
+        # gradient windows: the training set's values once per pass over the data and after
+        # the run's last iteration, by a pass of their own
+        evaluated = self.windowed and (ends_pass(state.iteration, self.window, self.n_train) or state.iteration + 1 >= cfg.iterations)
+        if evaluated:
+            with comm.phase(Phase.OTHER):
+                loss, train_error = self.objective(theta)
+        test_error = self.test_error(theta) if evaluated or not self.windowed else self.unevaluated_test_error()
         gradient_samples = sample.count - (self.sample_count(state.iteration - 1) if state.gradient_kept else 0)
-        samples = state.samples + sample.count * evals + gradient_samples + self.batch_size * (1 + op.products)
+        samples = (state.samples + sample.count * evals + gradient_samples + self.batch_size * (1 + op.products)
+                   + (self.n_train if evaluated else 0))
         source = cfg.warm_start_source
         delta = result.x if source is WarmStart.ITERATE else (d.p if source is WarmStart.DIRECTION else np.zeros_like(state.theta))
         taken = d.measured(shift, self.layout.dot)
@@ -759,6 +786,8 @@ class HessianFreeTrainer(Trainer):
             nc_scale=new.nc_scale,
             gradient_sample=0 if sample.whole else sample.count,
             sample_loss=sample_loss,
+            window=sample.window,
+            evaluated=evaluated,
         )
         return new, record
 

@@ -47,6 +47,13 @@ class IterationRecord:
     #: the objective on the sample after the step
     gradient_sample: int = 0
     sample_loss: float = math.nan
+    #: gradient windows (``TrainConfig.gradient_batch``): the sample was window k of the
+    #: data (``gradient_sample`` its size; not nested, never kept); ``evaluated``: the
+    #: training set's ``loss`` and ``train_error`` and the ``test_error`` after the step
+    #: come from a pass of their own (at the window that completes a pass over the data,
+    #: and at the run's last iteration; NaN on the other windowed iterations)
+    window: bool = False
+    evaluated: bool = False
     damping: float = math.nan
     rho: float = math.nan
     step_size: float = math.nan

@@ -14,6 +14,7 @@ from collections import Counter
 
 from hessfree.comm import Communicator
 from hessfree.cost import CostModel, Network, NodeSpec
+from hessfree.cost.model import Evaluation
 from hessfree.data import load_dataset
 from hessfree.methods import Method
 from hessfree.models.sharded import ShardedMLP
@@ -65,7 +66,8 @@ def compare(comm: Communicator, method: str, chunk: int = 8192, **train) -> list
         metered = comm.counts() - before
         if Method(method).is_hessian_free:
             predicted = cost.hf_mp_counts(config.batch_size, record.curvature_products, record.line_search_evals,
-                                          exact=record.curvature == "exact", inner_products=dict(dots))
+                                          exact=record.curvature == "exact", inner_products=dict(dots),
+                                          evaluation=Evaluation.of(record.as_dict()), sample=record.gradient_sample)
         else:
             predicted = cost.sgd_mp_counts(config.batch_size, cost.updates_per_epoch(config.batch_size), 1,
                                            weight_decay=config.weight_decay > 0)
