@@ -42,6 +42,15 @@ first trial (``HFState.first_trial_won``): a walk that keeps going back wastes n
 Effective epochs count the passes of an uninterrupted run, where a kept gradient costs
 none; a run resumed from a checkpoint computes that gradient again, uncharged, so that its
 records equal the uninterrupted run's.
+
+Samples (options, off by default): with ``gradient_sample`` steps 1, 4 and 5 run on the
+first ⌊s₀·rᵏ⌋ samples (nested, so a kept gradient serves the next one); with
+``gradient_batch`` on window k of B consecutive samples, cycled like the curvature
+batches (not nested: nothing is taken along), and ρ, λ and the Armijo test are the
+window's. The training set's objective and error are then not the line search's: a
+sampled iteration leaves them NaN, and a windowed one evaluates them (and the test error)
+by a forward pass of its own once per pass over the data and after the run's last
+iteration.
 """
 
 from __future__ import annotations
