@@ -15,19 +15,17 @@ from hessfree.cost import CostModel, Network, NodeSpec
 from hessfree.errors import ConfigError
 from hessfree.experiments.replay import replay
 from hessfree.methods import Method
-from hessfree.train import HessianFreeTrainer, TrainConfig, fit, make_run_config
+from hessfree.train import HessianFreeTrainer, TrainConfig, make_run_config
 from hessfree.train.batches import local_positions, local_prefix, sample_size
 from hessfree.train.hf import KeptGradient, Sample
 from hessfree.train.run import build
 
+from _runs import records_of, resumed_and_uninterrupted
+
 SAMPLED = dict(hidden="12", iterations=8, seed=1, batch_size=200, gradient_sample=300, sample_growth=1.3, quiet=True)
 
 
-def _run(config: dict, comm=None):
-    run_config = make_run_config(config)
-    comm = comm if comm is not None else SerialComm()
-    data, model = build(run_config, comm)
-    return list(fit(model, data, run_config.train, comm, warm_up=False).history)
+_run = records_of
 
 
 @given(first=st.integers(0, 5000), growth=st.floats(1.0, 3.0), n=st.integers(1, 4000), k=st.integers(0, 10_000))
@@ -143,27 +141,8 @@ def test_thread_ranks_give_the_serial_trajectory():
 def test_a_sampled_run_resumes_with_the_records_of_the_uninterrupted_one(tmp_path):
     """Sample k is a function of k, and a resumed kept gradient is recomputed uncharged:
     records and parameters are bitwise those of the run that was not interrupted."""
-    from click.testing import CliRunner
-
-    from hessfree.cli.main import main
-
-    def train(directory, iterations, *extra):
-        args = ["train", "--hidden", "12", "--batch-size", "200", "--gradient-sample", "300", "--sample-growth", "1.3",
-                "--iterations", str(iterations), "--checkpoint-dir", str(directory), "--checkpoint-every", "1",
-                "--metrics", str(directory / "m.jsonl"), "--quiet", *extra]
-        result = CliRunner().invoke(main, args)
-        assert result.exit_code == 0, result.output
-
-    def records(directory):
-        lines = [__import__("json").loads(line) for line in (directory / "m.jsonl").read_text().splitlines()]
-        drop = {"time_s", "time_gradient_s", "time_solve_s", "time_line_search_s", "kind"}
-        return [{k: v for k, v in d.items() if k not in drop} for d in lines if d["kind"] == "iteration"]
-
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    train(whole, 8)
-    train(part, 3)
-    train(part, 8, "--resume")
-    expected, got = records(whole), records(part)
+    flags = ["--hidden", "12", "--batch-size", "200", "--gradient-sample", "300", "--sample-growth", "1.3"]
+    expected, got = resumed_and_uninterrupted(tmp_path, flags, 8, 3)
     assert [r["gradient_sample"] for r in got] == [r["gradient_sample"] for r in expected]
     assert any(r["gradient_sample"] for r in got[3:])  # resumed while still sampling
     assert got == expected

@@ -22,17 +22,14 @@ from hessfree.train.batches import contiguous_positions, curvature_window, ends_
 from hessfree.train.run import build
 
 from _cost_counts_run import compare
+from _runs import records_of, resumed_and_uninterrupted
 
 #: digits: 1,347 training samples, so windows of 200 wrap (the 7th: 1,200-1,399)
 WINDOWED = dict(hidden="12", iterations=9, seed=1, batch_size=200, gradient_batch=200, damping_min=0.01, quiet=True)
 N = 1347
 
 
-def _run(config: dict, comm=None):
-    run_config = make_run_config(config)
-    comm = comm if comm is not None else SerialComm()
-    data, model = build(run_config, comm)
-    return list(fit(model, data, run_config.train, comm, warm_up=False).history)
+_run = records_of
 
 
 def _values(records) -> list[float]:
@@ -170,28 +167,9 @@ def test_a_windowed_run_resumes_with_the_records_of_the_uninterrupted_one(tmp_pa
     was not interrupted, but for the evaluation the first run made after its last
     iteration (its values there; one pass more in the effective epochs, and its
     collectives in the cumulative counts, from then on)."""
-    from click.testing import CliRunner
-
-    from hessfree.cli.main import main
-
-    def train(directory, iterations, *extra):
-        args = ["train", "--hidden", "12", "--batch-size", "200", "--gradient-batch", "200", "--damping-min", "0.01",
-                "--iterations", str(iterations), "--checkpoint-dir", str(directory), "--checkpoint-every", "1",
-                "--metrics", str(directory / "m.jsonl"), "--quiet", *extra]
-        result = CliRunner().invoke(main, args)
-        assert result.exit_code == 0, result.output
-
-    def records(directory):
-        lines = [json.loads(line) for line in (directory / "m.jsonl").read_text().splitlines()]
-        drop = {"time_s", "time_gradient_s", "time_solve_s", "time_line_search_s", "kind",
-                "comm_calls", "comm_bytes", "comm_phases"}  # cumulative: the extra evaluation's collectives
-        return [{k: v for k, v in d.items() if k not in drop} for d in lines if d["kind"] == "iteration"]
-
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    train(whole, 9)
-    train(part, 3)
-    train(part, 9, "--resume")
-    expected, got = records(whole), records(part)
+    flags = ["--hidden", "12", "--batch-size", "200", "--gradient-batch", "200", "--damping-min", "0.01"]
+    cumulative = frozenset({"comm_calls", "comm_bytes", "comm_phases"})  # the extra evaluation's collectives
+    expected, got = resumed_and_uninterrupted(tmp_path, flags, 9, 3, drop=cumulative)
     assert len(got) == len(expected) == 9
     assert got[2]["evaluated"] and not expected[2]["evaluated"]  # the first run's last iteration
     extra = [g.pop("epochs") - e.pop("epochs") for g, e in zip(got, expected)]

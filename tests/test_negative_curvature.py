@@ -21,6 +21,7 @@ from hessfree.train.hf import make_solver
 from hessfree.train.linesearch import sufficient_decrease
 from hessfree.train.run import build
 from mpi.launch import run_mpi
+from _runs import fitted
 from nc_cases import NC_CASES, RTOL, nc_config
 from stub_rows import Rows
 
@@ -284,11 +285,7 @@ def test_digits_with_small_weights_takes_negative_curvature_steps_with_no_extra_
             previous = phases
 
 
-def _run(config: dict, comm=None):
-    run_config = make_run_config(config)
-    comm = comm if comm is not None else SerialComm()
-    data, model = build(run_config, comm)
-    return list(fit(model, data, run_config.train, comm, warm_up=False).history), data, model
+_run = fitted
 
 
 def test_warm_start_source_and_init_scale():
