@@ -319,8 +319,8 @@ class HessianFreeTrainer(Trainer):
         #: sample: ``gradient_sample``); the whole set between iterations
         self.whole = self.sample = Sample(self.train, self.n_train)
         #: B of the gradient windows, when they are on (fewer than n samples)
-        self.window = config.window_size
-        self.windowed = 0 < self.window < self.n_train
+        self.window_size = config.window_size
+        self.windowed = 0 < self.window_size < self.n_train
 
     # ------------------------------------------------------------------ state
     def initial_state(self, theta: np.ndarray | None = None) -> HFState:
@@ -422,7 +422,7 @@ class HessianFreeTrainer(Trainer):
         ⌊s₀·rᵏ⌋ global samples, a prefix of the shard (a view; ``batches.local_prefix``);
         or, with gradient windows, of window k."""
         if self.windowed:
-            return Sample(self.window_rows(iteration), self.window, whole=False, window=True)
+            return Sample(self.window_rows(iteration), self.window_size, whole=False, window=True)
         size = self.sample_count(iteration)
         if size == self.n_train:
             return self.whole
@@ -431,7 +431,7 @@ class HessianFreeTrainer(Trainer):
     def window_rows(self, iteration: int):
         """This rank's rows of gradient window k: B consecutive global samples from k·B,
         cycled through the data like the curvature batches (a view unless it wraps)."""
-        window = curvature_window(iteration, self.window, self.n_train)
+        window = curvature_window(iteration, self.window_size, self.n_train)
         span = contiguous_positions(local_positions(self.rows, window))
         return self.train.rows(*span) if span is not None else self.model.batch(*self.local_rows(window))
 
@@ -731,7 +731,7 @@ class HessianFreeTrainer(Trainer):
         self.sample = self.whole
         # gradient windows: the training set's values once per pass over the data and after
         # the run's last iteration, by a pass of their own
-        evaluated = self.windowed and (ends_pass(state.iteration, self.window, self.n_train) or state.iteration + 1 >= cfg.iterations)
+        evaluated = self.windowed and (ends_pass(state.iteration, self.window_size, self.n_train) or state.iteration + 1 >= cfg.iterations)
         if evaluated:
             with comm.phase(Phase.OTHER):
                 loss, train_error = self.objective(theta)
