@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hessfree.cost import (
-    Blocks, Collective, CostModel, EfficiencyCurve, Layout, Network, NodeSpec, Work, flops_per_sample, gemm_plan,
+    Blocks, Collective, CostModel, EfficiencyCurve, Evaluation, Layout, Network, NodeSpec, Work, flops_per_sample, gemm_plan,
     model_parallel_exact, model_parallel_paper, n_params, paper_node, predict_layout,
 )
 from hessfree.cost.network import log2_ceil
@@ -207,11 +207,32 @@ def test_the_gradient_taken_along_moves_its_pass_between_phases():
     assert model.predict("gn-cg", 100, 2, gradient_sample=5000).time_per_iteration_s == model.predict("gn-cg", 100, 2).time_per_iteration_s
     # the layout prediction on one model slice agrees
     for flags in (dict(), dict(gradient_kept=True), dict(gradient_along=True), dict(gradient_kept=True, gradient_along=True),
-                  dict(gradient_kept=True, gradient_along=True, gradient_sample=300, kept_sample=250), dict(gradient_sample=300)):
+                  dict(gradient_kept=True, gradient_along=True, gradient_sample=300, kept_sample=250), dict(gradient_sample=300),
+                  dict(gradient_sample=300, evaluation="whole"), dict(gradient_sample=300, evaluation="none")):
         one = model.predict("gn-cg", 100, 2, krylov_iterations=3, line_search_evals=2, **flags)
         lay = predict_layout(model, "gn-cg", 100, Layout(data=2, model=1), krylov_iterations=3, line_search_evals=2, **flags)
         for key in ("time_gradient_s", "time_line_search_s", "time_per_iteration_s", "epochs_per_iteration"):
             assert getattr(lay, key) == pytest.approx(getattr(one, key)), (flags, key)
+
+
+def test_a_gradient_windows_evaluation_is_charged_only_when_it_happens():
+    """A window's iteration evaluates the training set (a forward pass, one scalar
+    allreduce of 16 bytes) and the test set only when its record says ``evaluated``."""
+    model = small_model(collective="tree")
+    net, layers = model.network, model.layers
+    f = lambda w: flops_per_sample(layers, w) / 1e9  # noqa: E731
+    args = dict(krylov_iterations=3, line_search_evals=2, gradient_sample=300)
+    step, whole, none = (model.predict("gn-cg", 100, 2, evaluation=e, **args) for e in ("step", "whole", "none"))
+    test = model.test_samples / 2 * f(Work.FORWARD) + net.allreduce(2, 8, "tree")
+    assert step.time_other_s == pytest.approx(test)
+    assert whole.time_other_s == pytest.approx(test + 500 * f(Work.FORWARD) + net.allreduce(2, 16, "tree"))
+    assert none.time_other_s == 0.0
+    assert whole.epochs_per_iteration - step.epochs_per_iteration == pytest.approx(1.0)
+    assert none.epochs_per_iteration == step.epochs_per_iteration
+    assert (whole.collectives_per_iteration, none.collectives_per_iteration) == (step.collectives_per_iteration + 1,
+                                                                                step.collectives_per_iteration - 1)
+    assert Evaluation.of({}) is Evaluation.STEP and Evaluation.of({"window": True}) is Evaluation.NONE
+    assert Evaluation.of({"window": True, "evaluated": True}) is Evaluation.WHOLE
 
 
 def test_predicted_epochs_equal_a_real_runs_records():
