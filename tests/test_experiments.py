@@ -87,14 +87,16 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_runs(tmp_pat
     assert read_run(cut)[2] is not None
 
 
-@pytest.mark.parametrize("method", ["gn-cg", "msgd"])
-def test_replayed_time_equals_a_simulated_runs_clock(tmp_path, method):
+@pytest.mark.parametrize("method, extra", [("gn-cg", {}), ("gn-cg", dict(gradient_batch=500, iterations=5)), ("msgd", {})])
+def test_replayed_time_equals_a_simulated_runs_clock(tmp_path, method, extra):
     """Compute made (nearly) free on both sides (compute_scale 1e-6, an infinitely fast node)
     on a slow network: what is left is the charged collectives, which the replay must
-    reproduce from the counts (the scaled compute stays below 1e-4 of them)."""
+    reproduce from the counts (the scaled compute stays below 1e-4 of them); also with
+    gradient windows, whose iterations evaluate the data or not."""
     metrics = tmp_path / "sim.jsonl"
     values = dict(method=method, hidden="12", iterations=3, epochs=2, batch_size=300 if method == "gn-cg" else 50,
                   comm="threads", ranks=4, simulate="ethernet-10g", sim_compute_scale=1e-6, metrics=str(metrics), quiet=True)
+    values.update(extra)
     run(make_run_config(values))
     header, records, _ = read_run(metrics)
     cluster = Cluster(4, "ethernet-10g", node=NodeSpec(flops=1e30, itemsize=8))
