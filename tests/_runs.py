@@ -50,3 +50,13 @@ def resumed_and_uninterrupted(tmp_path, flags: list[str], iterations: int, stop:
     train(part, stop)
     train(part, iterations, "--resume")
     return records(whole), records(part)
+
+
+def mpi_records(tmp_path, config: dict, ranks: int = 2) -> list[dict]:
+    """Per rank, {parallel layout: records as dicts} of ``config`` run data- and
+    model-parallel on ``ranks`` MPI ranks (``tests/mpi/train_sampled.py``)."""
+    from mpi.launch import run_mpi
+
+    run = run_mpi(ranks, "train_sampled.py", str(tmp_path), json.dumps(config), limit=240)
+    assert run.returncode == 0, run.output[-3000:]
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(ranks)]

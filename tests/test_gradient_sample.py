@@ -20,7 +20,7 @@ from hessfree.train.batches import local_positions, local_prefix, sample_size
 from hessfree.train.hf import KeptGradient, Sample
 from hessfree.train.run import build
 
-from _runs import records_of, resumed_and_uninterrupted
+from _runs import mpi_records, records_of, resumed_and_uninterrupted
 
 SAMPLED = dict(hidden="12", iterations=8, seed=1, batch_size=200, gradient_sample=300, sample_growth=1.3, quiet=True)
 
@@ -150,16 +150,9 @@ def test_a_sampled_run_resumes_with_the_records_of_the_uninterrupted_one(tmp_pat
 
 @pytest.mark.mpi
 def test_mpi_data_and_model_parallel_give_the_serial_trajectory(tmp_path):
-    import json
-
-    from mpi.launch import run_mpi
-
     serial = _run(SAMPLED)
-    run = run_mpi(2, "train_sampled.py", str(tmp_path), json.dumps(SAMPLED), limit=240)
-    assert run.returncode == 0, run.output[-3000:]
     want = [r.sample_loss if r.gradient_sample else r.loss for r in serial]
-    for rank in range(2):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for result in mpi_records(tmp_path, SAMPLED):
         for parallel, records in result.items():
             assert [r["gradient_sample"] for r in records] == [r.gradient_sample for r in serial], parallel
             got = [r["sample_loss"] if r["gradient_sample"] else r["loss"] for r in records]

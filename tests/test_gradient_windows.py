@@ -3,7 +3,6 @@ training and test sets are evaluated, that a window as large as the data is the 
 trajectory bitwise, what the records say, the effective epochs and collectives the cost
 model predicts, serial = threads = MPI, and a resumed run."""
 
-import json
 import math
 
 import numpy as np
@@ -22,7 +21,7 @@ from hessfree.train.batches import contiguous_positions, curvature_window, ends_
 from hessfree.train.run import build
 
 from _cost_counts_run import compare
-from _runs import records_of, resumed_and_uninterrupted
+from _runs import mpi_records, records_of, resumed_and_uninterrupted
 
 #: digits: 1,347 training samples, so windows of 200 wrap (the 7th: 1,200-1,399)
 WINDOWED = dict(hidden="12", iterations=9, seed=1, batch_size=200, gradient_batch=200, damping_min=0.01, quiet=True)
@@ -181,14 +180,9 @@ def test_a_windowed_run_resumes_with_the_records_of_the_uninterrupted_one(tmp_pa
 
 @pytest.mark.mpi
 def test_mpi_data_and_model_parallel_give_the_serial_trajectory(tmp_path):
-    from mpi.launch import run_mpi
-
     serial = _run(WINDOWED)
-    run = run_mpi(2, "train_sampled.py", str(tmp_path), json.dumps(WINDOWED), limit=240)
-    assert run.returncode == 0, run.output[-3000:]
     want = _values(serial)
-    for rank in range(2):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for result in mpi_records(tmp_path, WINDOWED):
         for parallel, records in result.items():
             assert [r["evaluated"] for r in records] == [r.evaluated for r in serial], parallel
             got = [r["loss"] if r["evaluated"] else r["sample_loss"] for r in records]
