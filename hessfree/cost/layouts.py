@@ -137,7 +137,7 @@ def predict_layout(
     numbers); HF does ``krylov_iterations`` × (1 or 2) products unless
     ``curvature_products`` gives their number (e.g. a real run's record);
     ``gradient_kept``/``gradient_along``/``gradient_sample``/``kept_sample``/``evaluation`` as in
-    :meth:`CostModel.predict` (the collectives counted are the whole set's)."""
+    :meth:`CostModel.predict`."""
     method = CostMethod(method)
     b = min(count("batch", batch), cost.samples)
     if layout.model > min(cost.layers[1:]):

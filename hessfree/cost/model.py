@@ -264,9 +264,9 @@ class CostModel:
         """The collectives of one HF iteration that did these products and evaluations."""
         q, L = count("curvature_products", curvature_products, 0), count("line_search_evals", line_search_evals, 0)
         d, s = self.n_params, self.itemsize
-        test = self.test_samples and evaluation.test
-        whole = evaluation is Evaluation.WHOLE
-        other = PhaseCounts(allreduce_scalars=int(bool(test)) + whole, bytes=8 * bool(test) + 16 * whole)
+        test = bool(self.test_samples) and evaluation.test  # the test error: one scalar
+        whole = evaluation is Evaluation.WHOLE  # the training set's loss and error: two
+        other = PhaseCounts(allreduce_scalars=test + whole, bytes=8 * test + 16 * whole)
         return CommCounts(
             gradient=PhaseCounts(allreduce=1, bytes=(d + 1) * s),
             curvature=PhaseCounts(allreduce=q, bytes=q * d * s),
@@ -402,9 +402,9 @@ class CostModel:
         return self._predict_sgd(method, batch, nodes)
 
     def _predict_hf(self, method: CostMethod, b: int, P: int, K: int, q: int, L: int, along: "TakenAlong",
-                    rows: tuple[int, int] | None = None, evaluation: Evaluation = Evaluation.STEP) -> Prediction:
+                    rows: tuple[int, int], evaluation: Evaluation) -> Prediction:
         d, s, n = self.n_params, self.itemsize, self.samples
-        m, m_kept = rows if rows is not None else (n, n)  # the gradient sample's rows, the last one's
+        m, m_kept = rows  # the gradient sample's rows, the last one's (all n: the whole set)
         b_local = self._share(b, P)
         computed = m - min(m, m_kept) if along.kept else m
         grad_compute = self._full_pass(Work.GRADIENT, b, P, computed) if computed else 0.0

@@ -180,6 +180,14 @@ class Batch:
             None if self.targets is None else self.targets[start:stop],
         )
 
+    def take(self, positions: np.ndarray) -> "Batch":
+        """The sub-batch of these rows, in this order (copies; validated already)."""
+        return Batch(
+            self.X[positions],
+            None if self.labels is None else self.labels[positions],
+            None if self.targets is None else self.targets[positions],
+        )
+
 
 @attrs.frozen
 class MLP(Model):

@@ -422,18 +422,19 @@ class HessianFreeTrainer(Trainer):
         ⌊s₀·rᵏ⌋ global samples, a prefix of the shard (a view; ``batches.local_prefix``);
         or, with gradient windows, of window k."""
         if self.windowed:
-            return Sample(self.window_rows(iteration), self.window_size, whole=False, window=True)
+            rows = self.window_rows(curvature_window(iteration, self.window_size, self.n_train))
+            return Sample(rows, self.window_size, whole=False, window=True)
         size = self.sample_count(iteration)
         if size == self.n_train:
             return self.whole
         return Sample(self.train.rows(0, local_prefix(self.rows, size)), size, whole=False)
 
-    def window_rows(self, iteration: int):
-        """This rank's rows of gradient window k: B consecutive global samples from k·B,
-        cycled through the data like the curvature batches (a view unless it wraps)."""
-        window = curvature_window(iteration, self.window_size, self.n_train)
-        span = contiguous_positions(local_positions(self.rows, window))
-        return self.train.rows(*span) if span is not None else self.model.batch(*self.local_rows(window))
+    def window_rows(self, window: np.ndarray):
+        """This rank's rows of a gradient window (consecutive global samples) as the
+        model's batch: a view of the shard unless the window wraps, then a copy."""
+        positions = local_positions(self.rows, window)
+        span = contiguous_positions(positions)
+        return self.train.rows(*span) if span is not None else self.train.take(positions)
 
     def sample_count(self, iteration: int) -> int:
         """How many samples iteration k's gradient and objective run on (all n: whole)."""
