@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import os
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 import numba
 import numpy as np
@@ -423,10 +423,33 @@ _KERNELS = (
     count_errors,
 )
 
+#: the suffix of the name under which a kernel's parallel variant is compiled and cached
+PARALLEL_SUFFIX = "__parallel"
+
+
+def _renamed(f: FunctionType, suffix: str) -> FunctionType:
+    """A copy of ``f`` (same code, globals and defaults) whose qualified name ends in ``suffix``.
+
+    numba's disk cache files a function's machine code under its module, qualified name
+    and first line, and indexes it by signature and CPU only, not by compile options such
+    as ``parallel`` (numba issue #6845). Compiled from the same function, the serial and
+    the parallel variant of a kernel would share one cache entry, and whichever was saved
+    first would be loaded for both: "serial" kernels that launch numba's threads (which
+    may abort when several rank threads launch them at once, and cost a thread wake-up of
+    ~0.15 ms per call on small arrays), or "parallel" kernels that run on one thread. The
+    parallel variant is therefore compiled from a copy with a name of its own.
+    """
+    g = FunctionType(f.__code__, f.__globals__, f.__name__ + suffix, f.__defaults__, f.__closure__)
+    g.__qualname__ = f.__qualname__ + suffix
+    g.__doc__, g.__module__ = f.__doc__, f.__module__
+    return g
+
+
 #: every kernel compiled for one thread (safe to call from several threads at once)
 SERIAL = SimpleNamespace(**{f.__name__: numba.njit(**JIT)(f) for f in _KERNELS})
-#: every kernel with its row loop spread over numba's threads (one launching thread only)
-PARALLEL = SimpleNamespace(**{f.__name__: numba.njit(parallel=True, **JIT)(f) for f in _KERNELS})
+#: every kernel with its row loop spread over numba's threads (one launching thread only);
+#: attribute names as in SERIAL, cached apart from it (see ``_renamed``)
+PARALLEL = SimpleNamespace(**{f.__name__: numba.njit(parallel=True, **JIT)(_renamed(f, PARALLEL_SUFFIX)) for f in _KERNELS})
 
 #: below this many elements a kernel runs serially even in the parallel set: waking the
 #: (passively waiting) OpenMP threads costs more than the work (digits' 1000×100 arrays
