@@ -67,3 +67,20 @@ def test_fit_warms_the_fused_updates_up(monkeypatch):
     monkeypatch.setattr(fused, "warm_up", lambda: calls.append("fused"))
     fit(MLP([64, 8, 10]), load_dataset("digits"), TrainConfig(iterations=1, batch_size=100, cg_max_iter=3))
     assert calls == ["fused"]
+
+
+def test_the_first_order_updates_compile_in_the_warm_up():
+    """``fit``'s warm-up also compiles the fused first-order updates: an epoch of every rule
+    afterwards, in float32 and float64, with and without weight decay, compiles nothing more."""
+    from hessfree.data import load_dataset
+    from hessfree.train import TrainConfig, fit, updates
+
+    updates.warm_up()
+    kernels = (updates._mean_gradient_into, updates._nonfinite_count, updates._sgd, updates._momentum, updates._adam)
+    before = [len(k.signatures) for k in kernels]
+    data = load_dataset("digits")
+    for dtype in ("float32", "float64"):
+        for method, wd in (("sgd", 0.0), ("msgd", 1e-4), ("adam", 1e-4), ("adamw", 1e-4)):
+            config = TrainConfig(method=method, epochs=1, batch_size=256, weight_decay=wd)
+            fit(MLP([64, 8, 10], dtype=dtype), data, config, warm_up=False)
+    assert [len(k.signatures) for k in kernels] == before

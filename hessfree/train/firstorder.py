@@ -34,6 +34,7 @@ import numpy as np
 
 from hessfree.comm import Phase
 from hessfree.methods import Update
+from hessfree.train import updates
 from hessfree.train.batches import epoch_permutation
 from hessfree.train.config import TrainConfig
 from hessfree.train.records import IterationRecord
@@ -68,6 +69,8 @@ class FirstOrderTrainer(Trainer):
         self.adaptive = self.rule in (Update.ADAM, Update.ADAMW)
         #: AdamW decays θ itself, so its gradient leaves out the weight-decay term
         self.decoupled_decay = config.weight_decay if self.rule is Update.ADAMW else 0.0
+        self.coupled_decay = 0.0 if self.rule is Update.ADAMW else config.weight_decay
+        self._g = np.empty_like(self._reduce_buffer[:-1])  # the mean gradient of the current update
 
     def initial_state(self, theta=None) -> FirstOrderState:
         theta = self.initial_theta(theta)
@@ -80,24 +83,18 @@ class FirstOrderTrainer(Trainer):
         scalars = {"second_moment": None, "applied": scalars.get("updates", 0), **scalars}
         return super().state_from_payload(arrays, scalars)
 
-    def gradient(self, theta: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """Mean mini-batch gradient over all ranks: one allreduce of [Σ∇ℓ, Σℓ]; with the
-        weight-decay term μθ, except for AdamW (decoupled decay)."""
+    def gradient_sum(self, theta: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Σ∇ℓ over the mini-batch on all ranks: **one** allreduce of [Σ∇ℓ, Σℓ]; a view of
+        the reduce buffer, valid until the next call."""
         X, y = self.local_rows(indices)
         loss, grad = self.model.loss_grad(theta, X, y)
-        g = self.mean_gradient(loss, grad, self.batch_size)
-        if self.rule is not Update.ADAMW and self.config.weight_decay:
-            g = g + self.config.weight_decay * theta  # (no objective: its ‖θ‖² would cost a collective when sharded)
-        return g
+        return self.reduced_sums(loss, grad)[:-1]
 
-    def mean_gradient(self, loss_sum: float, grad_sum: np.ndarray, count: int) -> np.ndarray:
-        """Σ∇ℓ/count over all ranks, without the weight-decay term: the same **one**
-        allreduce of [Σ∇ℓ, Σℓ] as :meth:`reduced_gradient` (so the same collectives)."""
-        buf = self._reduce_buffer
-        buf[:-1] = grad_sum
-        buf[-1] = loss_sum
-        self.layout.reduce(buf)
-        return buf[:-1] / count
+    def gradient(self, theta: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """The mean mini-batch gradient over all ranks, Σ∇ℓ/b, with the weight-decay term
+        μθ except for AdamW (decoupled decay); written into a vector this trainer keeps.
+        (No objective: its ‖θ‖² would cost a collective when sharded.)"""
+        return updates.mean_gradient_into(self.gradient_sum(theta, indices), self.batch_size, theta, self.coupled_decay, self._g)
 
     def evaluate(self, theta: np.ndarray) -> tuple[float, float, float | None]:
         """(objective, train error, test error): one scalar allreduce (phase OTHER)."""
@@ -108,37 +105,12 @@ class FirstOrderTrainer(Trainer):
         return self.regularised(total[0] / self.n_train, theta), float(total[1] / self.n_train), test
 
     def update(self, theta: np.ndarray, velocity: np.ndarray, g: np.ndarray, second_moment: np.ndarray | None = None, t: int = 1) -> None:
-        """One update in place: SGD θ ← θ − η·g, or momentum v ← μ·v − η·g, θ ← θ + v, or
-        Adam(W) with ``velocity`` as m, ``second_moment`` as v and ``t`` the step count
-        (≥ 1, this update included); see the module docstring."""
-        if self.adaptive:
-            self.adam_update(theta, velocity, second_moment, g, t)
-            return
-        lr, mu = self.config.lr, self.momentum
-        if mu:
-            velocity *= mu
-            velocity -= lr * g
-            theta += velocity
-        else:
-            theta -= lr * g
-
-    def adam_update(self, theta: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, t: int) -> None:
-        """Adam's step t in place (AdamW: the decoupled decay θ ← θ·(1 − η·wd) first)."""
+        """One update in place (``hessfree.train.updates``): SGD, momentum with ``velocity``
+        as v, or Adam(W) with ``velocity`` as m, ``second_moment`` as v and ``t`` the step
+        count (≥ 1, this update included); see the module docstring."""
         c = self.config
-        lr, b1, b2 = c.lr, c.beta1, c.beta2
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
-        if self.decoupled_decay:
-            theta *= 1.0 - lr * self.decoupled_decay
-        denom = v / (1.0 - b2**t)  # v̂
-        np.sqrt(denom, out=denom)
-        denom += c.adam_eps
-        step = m / (1.0 - b1**t)  # m̂
-        step /= denom
-        step *= lr
-        theta -= step
+        updates.step(self.rule, theta, velocity, second_moment, g, lr=c.lr, momentum=self.momentum,
+                     decoupled_decay=self.decoupled_decay, beta1=c.beta1, beta2=c.beta2, eps=c.adam_eps, t=t)
 
     def step(self, state: FirstOrderState) -> tuple[FirstOrderState, IterationRecord]:
         counts0 = self.comm.counts()
@@ -153,7 +125,7 @@ class FirstOrderTrainer(Trainer):
         with self.comm.phase(Phase.GRADIENT):
             for u in range(self.updates_per_epoch):
                 g = self.gradient(theta, perm[u * b : (u + 1) * b])
-                if not self.layout.all_finite(g):
+                if not self.layout.none_nonfinite(updates.nonfinite_count(g)):
                     rejected += 1
                     if rejected >= self.config.max_rejected:
                         break

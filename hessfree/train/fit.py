@@ -43,6 +43,7 @@ from hessfree.errors import ConfigError, DivergedError, HessfreeError
 from hessfree.methods import Family
 from hessfree.models.base import Model
 from hessfree.solvers import fused
+from hessfree.train import updates
 from hessfree.train.config import TrainConfig
 from hessfree.train.firstorder import FirstOrderTrainer
 from hessfree.train.hf import HessianFreeTrainer
@@ -257,7 +258,7 @@ def fit(
         for hook in hooks:
             hook.on_warmup_start()
         started = time.perf_counter()
-        warm_numba_cache(comm, lambda: (model.warm_up(), fused.warm_up()))
+        warm_numba_cache(comm, lambda: (model.warm_up(), fused.warm_up(), updates.warm_up()))
         for hook in hooks:
             hook.on_warmup_end(time.perf_counter() - started)
     clock_zero = getattr(comm, "clock", None)  # the simulated clock starts after the warm-up

@@ -7,8 +7,9 @@ The trainers never ask which layout they run on; they ask the layout to
   already complete);
 * ``sum_scalars(*values)``: the same for a few scalars (data-parallel: one scalar
   allreduce; model-parallel: nothing, the values are already equal on every rank);
-* ``dot(a, b)`` / ``all_finite(v)``: an inner product, a finiteness test of θ-shaped
-  vectors (data-parallel: local, every rank holds the whole vector; model-parallel: the
+* ``dot(a, b)`` / ``all_finite(v)`` / ``none_nonfinite(count)``: an inner product, a
+  finiteness test of θ-shaped vectors, or of this rank's count of non-finite elements
+  (data-parallel: local, every rank holds the whole vector; model-parallel: the
   rank's partial result and **one** scalar allreduce, metered, so the answer is equal on
   every rank and every branch taken on it is the same everywhere);
 * ``whole(v)`` / ``part(v)``: the whole θ-shaped vector (model-parallel: one allgather)
@@ -71,6 +72,10 @@ class DataParallel:
     def all_finite(self, v: np.ndarray) -> bool:
         return bool(np.all(np.isfinite(v)))
 
+    def none_nonfinite(self, count: int) -> bool:
+        """True when this rank's count of non-finite elements is 0 (every rank's is the same)."""
+        return count == 0
+
     def whole(self, v: np.ndarray) -> np.ndarray:
         return v
 
@@ -106,8 +111,11 @@ class ModelParallel(DataParallel):
         return float(self.comm.allreduce_scalars(float(np.dot(a, b)))[0])
 
     def all_finite(self, v: np.ndarray) -> bool:
-        bad = np.count_nonzero(~np.isfinite(v))
-        return float(self.comm.allreduce_scalars(bad)[0]) == 0.0
+        return self.none_nonfinite(np.count_nonzero(~np.isfinite(v)))
+
+    def none_nonfinite(self, count: int) -> bool:
+        """True when no rank's shard has a non-finite element (one scalar allreduce)."""
+        return float(self.comm.allreduce_scalars(count)[0]) == 0.0
 
     def whole(self, v: np.ndarray) -> np.ndarray:
         return self.model.gather_vector(v)

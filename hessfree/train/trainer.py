@@ -25,6 +25,7 @@ from hessfree.train.batches import local_positions
 from hessfree.train.config import TrainConfig
 from hessfree.train.layout import layout_of
 from hessfree.train.records import IterationRecord
+from hessfree.train.updates import mean_gradient
 
 
 @attrs.frozen(kw_only=True)
@@ -128,14 +129,18 @@ class Trainer:
         """(f, g) from local sums over ``count`` samples in all: **one** allreduce of
         [Σ∇ℓ, Σℓ] (model-parallel: none, the shard's sums are complete); f = Σℓ/count +
         ½μ‖θ‖², g = Σ∇ℓ/count + μθ (μ the weight decay)."""
+        buf = self.reduced_sums(loss_sum, grad_sum)
+        g = mean_gradient(buf[:-1], count, theta, self.config.weight_decay)
+        return self.regularised(float(buf[-1]) / count, theta), g
+
+    def reduced_sums(self, loss_sum: float, grad_sum: np.ndarray) -> np.ndarray:
+        """[Σ∇ℓ, Σℓ] of all ranks: **one** allreduce (model-parallel: none); the reduce
+        buffer, valid until the next call."""
         buf = self._reduce_buffer
         buf[:-1] = grad_sum
         buf[-1] = loss_sum
         self.layout.reduce(buf)
-        g = buf[:-1] / count
-        if self.config.weight_decay:
-            g = g + self.config.weight_decay * theta
-        return self.regularised(float(buf[-1]) / count, theta), g
+        return buf
 
     def regularised(self, mean_loss: float, theta: np.ndarray) -> float:
         """The objective: mean loss plus ½μ‖θ‖²."""
