@@ -1,4 +1,4 @@
-"""The first-order update rules as fused kernels: one pass over θ-sized memory per update.
+"""The first-order update rules as fused kernels: three passes over θ-sized memory per update.
 
 With numpy an update reads and writes the θ-sized vectors several times: the mean
 gradient g = Σ∇ℓ/b into a new array, g + wd·θ into another, the finiteness test into a
