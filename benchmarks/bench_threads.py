@@ -19,8 +19,11 @@
     faster of all-core and one-thread BLAS) and on 16 thread ranks; ``ratio`` = 16-rank
     epoch / serial epoch. Then the same 16 ranks with every allreduce turned into a no-op:
     what the ranks' own (redundant, GIL-sharing) work costs before any communication,
-    the bound no communicator can beat. Skipped with ``--no-epoch`` or if the trainer
-    cannot be imported.
+    the bound no communicator can beat. And one rank's share of the work, timed alone: a
+    serial epoch of updates of 64/P rows (one BLAS thread); ``share_bound_ratio`` = P such
+    updates spread perfectly over the cores, without contention, against a serial update
+    of 64 rows, the bound of data-parallel thread ranks that each update the whole θ.
+    Skipped with ``--no-epoch`` or if the trainer cannot be imported.
 
 ``--impl PATH`` times the ``run_threads`` of another copy of ``hessfree/comm/threads.py``;
 ``--baseline PATH`` times a second copy in the same run, alternating with the first
@@ -174,6 +177,7 @@ def bench_epoch(impls: dict, args) -> dict:
         from hessfree.train.config import TrainConfig
 
         from hessfree.train.fit import make_trainer
+        import attrs
     except ImportError as error:  # the trainer is not importable in this tree
         return dict(skipped=f"cannot import the trainer: {error}")
     rng = np.random.default_rng(1)
@@ -182,7 +186,7 @@ def bench_epoch(impls: dict, args) -> dict:
     y = rng.integers(0, 10, n)
     config = TrainConfig(method="msgd", batch_size=64, lr=0.01, momentum=0.9, epochs=1, seed=1)
 
-    def one_epoch(comm, reduce: bool = True) -> tuple[float, float]:
+    def one_epoch(comm, reduce: bool = True, batch_size: int = 64) -> tuple[float, float]:
         if not reduce:
             # the lower bound of the trainer's own work on these ranks: every reduction
             # (this instance's backend hook) becomes a no-op, so ranks never wait for
@@ -191,7 +195,7 @@ def bench_epoch(impls: dict, args) -> dict:
         shard = ShardInfo.for_rank(n, 0, comm.rank, comm.size, ShardMode.STRIDED, EvalSplit.NONE)
         rows = np.asarray(shard.train_rows)
         data = Dataset("synthetic-mnist-shape", X[rows], y[rows], 10, shard=shard)
-        trainer = make_trainer(MLP([784, 400, 10], dtype="float32"), data, config, comm)
+        trainer = make_trainer(MLP([784, 400, 10], dtype="float32"), data, attrs.evolve(config, batch_size=batch_size), comm)
         state = trainer.initial_state()
         comm.barrier()
         t0 = time.perf_counter()
@@ -202,7 +206,7 @@ def bench_epoch(impls: dict, args) -> dict:
     ranks = args.epoch_ranks
     # serial with the BLAS pools as they are (all cores) and with one thread; the faster
     # counts (on a loaded machine a multi-threaded OpenBLAS can be the slower)
-    serial_all, serial_one, no_comm = [], [], []
+    serial_all, serial_one, no_comm, share = [], [], [], []
     threads: dict[str, list] = {name: [] for name in impls}
     losses = set()
     for _ in range(args.epoch_repeats):
@@ -214,7 +218,11 @@ def bench_epoch(impls: dict, args) -> dict:
             threads[name].append(run[0][0])
             losses |= {loss for _, loss in run}
         no_comm.append(max(t for t, _ in impls["impl"](lambda comm: one_epoch(comm, reduce=False), ranks, timeout=600)))
+        with threadpool_limits(limits=1):  # one rank's share: an epoch of updates of 64/P rows
+            share.append(one_epoch(SerialComm(), batch_size=64 // ranks)[0])
     serial_s = min(min(serial_all), min(serial_one))
+    share_update_s = min(share) / (n // (64 // ranks))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     result = dict(
         samples=n,
         updates=n // 64,
@@ -225,6 +233,11 @@ def bench_epoch(impls: dict, args) -> dict:
         threads_without_reduction_s=min(no_comm),
         ratio_without_reduction=min(no_comm) / serial_s,
         ranks_and_implementations_agree=len(losses) == 1,  # bitwise the same loss everywhere
+        # one rank's share of an update (64/P rows, the whole θ), timed serially with one
+        # BLAS thread; P of them spread perfectly over the cores, without contention, is
+        # the bound of a P-rank update, here as a ratio to the serial update
+        share_update_ms=1e3 * share_update_s,
+        share_bound_ratio=ranks * share_update_s / cores / (serial_s / (n // 64)),
     )
     for name, times in threads.items():
         prefix = "" if name == "impl" else "baseline_"
@@ -275,6 +288,8 @@ def print_table(result: dict) -> None:
               f"ratio {epoch['baseline_ratio']:.1f}")
     print(f"  the same ranks with every allreduce a no-op (the trainer's own cost): "
           f"{epoch['threads_without_reduction_s']:.2f} s, ratio {epoch['ratio_without_reduction']:.1f}")
+    print(f"  one rank's share of an update, serially: {epoch['share_update_ms']:.3f} ms; {epoch['ranks']} of them "
+          f"on all cores at best: ratio {epoch['share_bound_ratio']:.1f}")
 
 
 def main(argv=None) -> dict:
