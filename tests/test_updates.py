@@ -82,3 +82,22 @@ def test_arrays_the_kernels_do_not_take_go_to_numpy():
         want = both(rule, mu, arrays, 4, 0.0, 0.1, 1)[1]
         for got, ref in zip((g, theta), want):
             np.testing.assert_array_equal(got, ref)
+
+
+def test_model_parallel_ranks_skip_alike_when_one_shard_is_not_finite():
+    """The skip is decided from the reduced count: a non-finite element on one rank's shard
+    makes every rank skip; a data-parallel rank's count is already everyone's."""
+    from hessfree.comm import SerialComm, run_threads
+    from hessfree.models import MLP, ShardedMLP
+    from hessfree.train.layout import layout_of
+
+    def decide(comm):
+        layout = layout_of(ShardedMLP((6, 4, 3), comm=comm), comm)
+        g = np.ones(5)
+        if comm.rank == 1:
+            g[2] = np.nan
+        return layout.none_nonfinite(updates.nonfinite_count(g)), layout.none_nonfinite(0)
+
+    assert run_threads(decide, 2) == [(False, True), (False, True)]
+    serial = layout_of(MLP([6, 4, 3]), SerialComm())
+    assert serial.none_nonfinite(0) and not serial.none_nonfinite(1)
