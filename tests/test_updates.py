@@ -101,3 +101,11 @@ def test_model_parallel_ranks_skip_alike_when_one_shard_is_not_finite():
     assert run_threads(decide, 2) == [(False, True), (False, True)]
     serial = layout_of(MLP([6, 4, 3]), SerialComm())
     assert serial.none_nonfinite(0) and not serial.none_nonfinite(1)
+
+
+def test_adam_without_a_second_moment_is_refused_naming_it():
+    from hessfree.errors import InputError
+
+    x = np.ones(3)
+    with pytest.raises(InputError, match="second_moment"):
+        updates.step(Update.ADAM, x, x.copy(), None, x, lr=0.1)

@@ -27,6 +27,7 @@ import math
 import numba
 import numpy as np
 
+from hessfree.errors import InputError
 from hessfree.methods import Update
 from hessfree.models.kernels import JIT
 
@@ -123,6 +124,8 @@ def nonfinite_count(g: np.ndarray) -> int:
 def step(rule: Update, theta, velocity, second_moment, g, *, lr: float, momentum: float = 0.0, decoupled_decay: float = 0.0,
          beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, t: int = 1) -> None:
     """:func:`reference_step` (bitwise) in one pass over the vectors."""
+    if rule in (Update.ADAM, Update.ADAMW) and second_moment is None:
+        raise InputError(f"second_moment: {rule.value} needs Adam's second moment v, found None")
     kw = dict(lr=lr, momentum=momentum, decoupled_decay=decoupled_decay, beta1=beta1, beta2=beta2, eps=eps, t=t)
     if not _fusable(theta, velocity, second_moment, g):
         reference_step(rule, theta, velocity, second_moment, g, **kw)
