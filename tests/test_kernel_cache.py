@@ -66,3 +66,29 @@ def test_every_parallel_kernel_is_compiled_under_a_name_of_its_own():
         assert parallel.__qualname__ == serial.__qualname__ + K.PARALLEL_SUFFIX
         assert parallel.__code__ is serial.__code__  # the same kernel, bit for bit
         assert parallel.__doc__ == serial.__doc__
+
+
+# ------------------------------------------------------------------ which runs need the parallel set
+def test_a_model_reaches_the_parallel_kernels_only_with_arrays_that_large():
+    from hessfree.models import MLP
+
+    threshold = K.PARALLEL_MIN_ELEMENTS
+    model = MLP([64, 100, 10], parallel=True, chunk_size=8192)
+    rows = threshold // 100  # a layer of 100 units over this many rows stays just below
+    assert not model.reaches_parallel_kernels(rows) and model.reaches_parallel_kernels(rows + 1)
+    assert MLP([64, 100, 10], chunk_size=rows).reaches_parallel_kernels(10**6) is False  # capped by the chunk
+    assert MLP([threshold, 1, 2]).reaches_parallel_kernels(1)  # a weight matrix that large (add_into)
+
+
+def test_the_cli_compiles_the_parallel_set_only_for_runs_that_reach_it():
+    """The quick start's digits run never reaches the parallel kernels, so it builds a
+    serial model (the same numbers, no parallel compilation); a larger one keeps them."""
+    from hessfree.comm import SerialComm
+    from hessfree.train import make_run_config
+    from hessfree.train.run import build
+
+    small = build(make_run_config({"dataset": "digits"}), SerialComm())[1]
+    assert small.parallel is False
+    large = build(make_run_config({"dataset": "digits", "hidden": "200"}), SerialComm())[1]
+    assert large.parallel is True  # 1,347 rows × 200 units ≥ 2^18
+    assert large.reaches_parallel_kernels(1347) and not small.reaches_parallel_kernels(1347)

@@ -84,3 +84,41 @@ def test_the_first_order_updates_compile_in_the_warm_up():
             config = TrainConfig(method=method, epochs=1, batch_size=256, weight_decay=wd)
             fit(MLP([64, 8, 10], dtype=dtype), data, config, warm_up=False)
     assert [len(k.signatures) for k in kernels] == before
+
+
+def _all_signatures() -> int:
+    from hessfree.solvers import fused
+    from hessfree.train import updates
+
+    kernels = [getattr(s, name) for s in (K.SERIAL, K.PARALLEL) for name in vars(s)]
+    kernels += [K.all_finite, fused._axpy_into, fused._scale_add, updates._mean_gradient_into, updates._nonfinite_count,
+                updates._sgd, updates._momentum, updates._adam]
+    return sum(len(k.signatures) for k in kernels)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # the quick start: digits, read-only dataset labels
+        {"autoencoder": True, "hidden": "16", "activation": "sigmoid", "loss": "logistic_cross_entropy"},  # targets
+        {"gradient_batch": 500},  # windows gathered by Batch.take when they wrap
+        {"method": "msgd", "epochs": 1},
+    ],
+)
+def test_a_run_compiles_nothing_after_the_warm_up(settings):
+    """JIT outside the clock: the signatures ``fit``'s warm-up compiles are those the run
+    uses. (The loss kernels once compiled again in the first iteration for the dataset's
+    read-only labels; a batch's labels and targets are now always read-only.)"""
+    from hessfree.comm import SerialComm
+    from hessfree.train import Callback, fit, make_run_config
+    from hessfree.train.run import build
+
+    class Count(Callback):
+        def on_warmup_end(self, seconds):
+            self.after_warm_up = _all_signatures()
+
+    run_config = make_run_config({"dataset": "digits", "iterations": 3, **settings})
+    data, model = build(run_config, SerialComm())
+    count = Count()
+    fit(model, data, run_config.train, SerialComm(), callbacks=[count])
+    assert _all_signatures() == count.after_warm_up

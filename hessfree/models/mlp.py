@@ -184,9 +184,19 @@ class Batch:
         """The sub-batch of these rows, in this order (copies; validated already)."""
         return Batch(
             self.X[positions],
-            None if self.labels is None else self.labels[positions],
-            None if self.targets is None else self.targets[positions],
+            None if self.labels is None else _read_only(self.labels[positions]),
+            None if self.targets is None else _read_only(self.targets[positions]),
         )
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a``. A batch's labels and targets are always read-only: numba
+    compiles a kernel once per signature, and read-only is part of an array's type, so
+    labels of both kinds (a dataset's are read-only) would compile the loss kernels twice,
+    once inside the first timed iteration."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 @attrs.frozen
@@ -236,6 +246,15 @@ class MLP(Model):
                 object.__setattr__(self, "activation", self.activation[0])  # uniform: the single name
         per_layer = (self.activation,) * hidden if isinstance(self.activation, Activation) else self.activation
         object.__setattr__(self, "_codes", tuple(a.code for a in per_layer))
+
+    def reaches_parallel_kernels(self, rows: int) -> bool:
+        """Whether a pass over at most ``rows`` rows would run any parallel kernel: the
+        parallel set takes arrays of ``kernels.PARALLEL_MIN_ELEMENTS`` elements or more,
+        and the kernels' arrays are a chunk's rows of one layer's units, a weight matrix
+        or a bias. (A model that never reaches them need not compile them.)"""
+        rows = min(rows, self.chunk_size)
+        weights = max(d_in * d_out for d_in, d_out in zip(self.layers[:-1], self.layers[1:]))
+        return max(rows * max(self.layers[1:]), weights) >= K.PARALLEL_MIN_ELEMENTS
 
     @property
     def kernels(self):
@@ -372,7 +391,7 @@ class MLP(Model):
                     f"y: expected integer labels of shape ({X.shape[0]},) or targets of shape "
                     f"({X.shape[0]}, {self.n_outputs}), found {y.shape} {y.dtype}"
                 )
-        return Batch(X, labels, targets)
+        return Batch(X, None if labels is None else _read_only(labels), None if targets is None else _read_only(targets))
 
     def _check_labels(self, y: np.ndarray, n: int) -> np.ndarray:
         if y.shape != (n,):
@@ -604,11 +623,11 @@ class MLP(Model):
         return wrong
 
 
-_NO_LABELS = np.zeros(0, dtype=np.int64)
+_NO_LABELS = _read_only(np.zeros(0, dtype=np.int64))
 
 
 def _no_targets(dtype) -> np.ndarray:
-    return np.zeros((0, 0), dtype=dtype)
+    return _read_only(np.zeros((0, 0), dtype=dtype))
 
 
 def _no_colsum(dtype) -> np.ndarray:

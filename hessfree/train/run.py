@@ -115,7 +115,11 @@ def build(config: RunConfig, comm: Communicator, ranks_here: int | None = None) 
         parallel=bool(comm.allows_parallel_kernels) and comm.size == 1,
     )
     layers = [data.n_features, *config.hidden, data.n_outputs]
-    model = ShardedMLP(layers, comm=comm, **settings) if model_parallel else MLP(layers, **settings)
+    if model_parallel:
+        return data, ShardedMLP(layers, comm=comm, **settings)
+    model = MLP(layers, **settings)
+    if model.parallel and not model.reaches_parallel_kernels(max(data.n_train, data.n_test)):
+        model = attrs.evolve(model, parallel=False)  # the same numbers, without compiling the parallel set
     return data, model
 
 
