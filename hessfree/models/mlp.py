@@ -161,7 +161,8 @@ class Batch:
     """Samples validated once against a model: use it to skip re-validation in hot loops.
 
     ``X`` is C-contiguous in the model's dtype; ``labels`` (int64, in [0, d_L)) or
-    ``targets`` (dense, shape (n, d_L), the model's dtype) give the loss its targets.
+    ``targets`` (dense, shape (n, d_L), the model's dtype) give the loss its targets, as
+    read-only views (validated values stay valid; see ``_read_only``).
     """
 
     X: np.ndarray
