@@ -29,7 +29,8 @@ def both(rule, mu, arrays, count, wd, lr, t, betas=(0.9, 0.999), eps=1e-8):
     for fused in (True, False):
         theta, m, v, grad_sum = (a.copy() for a in arrays)
         if fused:
-            g = updates.mean_gradient_into(grad_sum, count, theta, coupled, np.empty_like(theta))
+            g = np.empty_like(theta)
+            assert updates.mean_gradient_into(grad_sum, count, theta, coupled, g) == np.count_nonzero(~np.isfinite(g))
             updates.step(rule, theta, m, v if adam else None, g, **kw)
         else:
             g = updates.mean_gradient(grad_sum, count, theta, coupled)
@@ -63,10 +64,21 @@ def test_the_nonfinite_count_is_numpys(dtype):
     grad_sum[[3, 7]] = [np.nan, np.inf]
     theta[11] = -np.inf  # infinite only through the weight-decay term
     for wd, bad in ((0.0, 2), (0.01, 3)):
-        g = updates.mean_gradient_into(grad_sum, 8, theta, wd, np.empty_like(theta))
-        assert updates.nonfinite_count(g) == np.count_nonzero(~np.isfinite(g)) == bad
+        g = np.empty_like(theta)
+        assert updates.mean_gradient_into(grad_sum, 8, theta, wd, g) == np.count_nonzero(~np.isfinite(g)) == bad
+        np.testing.assert_array_equal(g, updates.mean_gradient(grad_sum, 8, theta, wd))
     big = np.full(4, np.finfo(dtype).max, dtype=dtype)  # finite, but g overflows with the decay
-    assert updates.nonfinite_count(updates.mean_gradient_into(big, 1, big, 2.0, np.empty_like(big))) == 4
+    assert updates.mean_gradient_into(big, 1, big, 2.0, np.empty_like(big)) == 4
+    assert updates.mean_gradient_into(big, 1, big, 0.0, np.empty_like(big)) == 0
+
+
+def test_the_mean_gradient_may_overwrite_the_sum():
+    """In place (the trainer's use: g over the reduce buffer) gives the same bits."""
+    for wd in (0.0, 0.3):
+        theta, _, _, grad_sum = state(2, 64, np.float32, 1.0)
+        want = updates.mean_gradient(grad_sum, 7, theta, wd)
+        assert updates.mean_gradient_into(grad_sum, 7, theta, wd, out=grad_sum) == 0
+        np.testing.assert_array_equal(grad_sum, want)
 
 
 def test_arrays_the_kernels_do_not_take_go_to_numpy():
@@ -76,8 +88,8 @@ def test_arrays_the_kernels_do_not_take_go_to_numpy():
         strided = [np.repeat(a, 2)[::2] for a in arrays]
         assert not strided[0].flags.c_contiguous
         theta, m, v, grad_sum = strided
-        g = updates.mean_gradient_into(grad_sum, 4, theta, 0.0, np.repeat(np.empty_like(theta), 2)[::2])
-        assert updates.nonfinite_count(g) == 0
+        g = np.repeat(np.empty_like(theta), 2)[::2]
+        assert updates.mean_gradient_into(grad_sum, 4, theta, 0.0, g) == 0
         updates.step(rule, theta, m, v, g, lr=0.1, momentum=mu)
         want = both(rule, mu, arrays, 4, 0.0, 0.1, 1)[1]
         for got, ref in zip((g, theta), want):
@@ -93,10 +105,11 @@ def test_model_parallel_ranks_skip_alike_when_one_shard_is_not_finite():
 
     def decide(comm):
         layout = layout_of(ShardedMLP((6, 4, 3), comm=comm), comm)
-        g = np.ones(5)
+        grad_sum = np.ones(5)
         if comm.rank == 1:
-            g[2] = np.nan
-        return layout.none_nonfinite(updates.nonfinite_count(g)), layout.none_nonfinite(0)
+            grad_sum[2] = np.nan
+        bad = updates.mean_gradient_into(grad_sum, 2, grad_sum, 0.0, out=grad_sum)
+        return layout.none_nonfinite(bad), layout.none_nonfinite(0)
 
     assert run_threads(decide, 2) == [(False, True), (False, True)]
     serial = layout_of(MLP([6, 4, 3]), SerialComm())

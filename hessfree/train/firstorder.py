@@ -70,7 +70,9 @@ class FirstOrderTrainer(Trainer):
         #: AdamW decays θ itself, so its gradient leaves out the weight-decay term
         self.decoupled_decay = config.weight_decay if self.rule is Update.ADAMW else 0.0
         self.coupled_decay = 0.0 if self.rule is Update.ADAMW else config.weight_decay
-        self._g = np.empty_like(self._reduce_buffer[:-1])  # the mean gradient of the current update
+        #: the mean gradient of the current update: a vector of its own, because written
+        #: over the reduced sum the kernel's loop is not vectorised (0.27 ms against 0.05)
+        self._g = np.empty_like(self._reduce_buffer[:-1])
 
     def initial_state(self, theta=None) -> FirstOrderState:
         theta = self.initial_theta(theta)
@@ -90,11 +92,13 @@ class FirstOrderTrainer(Trainer):
         loss, grad = self.model.loss_grad(theta, X, y)
         return self.reduced_sums(loss, grad)[:-1]
 
-    def gradient(self, theta: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """The mean mini-batch gradient over all ranks, Σ∇ℓ/b, with the weight-decay term
-        μθ except for AdamW (decoupled decay); written into a vector this trainer keeps.
-        (No objective: its ‖θ‖² would cost a collective when sharded.)"""
-        return updates.mean_gradient_into(self.gradient_sum(theta, indices), self.batch_size, theta, self.coupled_decay, self._g)
+    def gradient(self, theta: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """(g, this rank's count of its non-finite elements): the mean mini-batch gradient
+        over all ranks, Σ∇ℓ/b, with the weight-decay term μθ except for AdamW (decoupled
+        decay), in a vector this trainer keeps. (No objective: its ‖θ‖² would cost a
+        collective when sharded.)"""
+        bad = updates.mean_gradient_into(self.gradient_sum(theta, indices), self.batch_size, theta, self.coupled_decay, self._g)
+        return self._g, bad
 
     def evaluate(self, theta: np.ndarray) -> tuple[float, float, float | None]:
         """(objective, train error, test error): one scalar allreduce (phase OTHER)."""
@@ -124,8 +128,8 @@ class FirstOrderTrainer(Trainer):
         rejected, applied = state.rejected, state.applied
         with self.comm.phase(Phase.GRADIENT):
             for u in range(self.updates_per_epoch):
-                g = self.gradient(theta, perm[u * b : (u + 1) * b])
-                if not self.layout.none_nonfinite(updates.nonfinite_count(g)):
+                g, nonfinite = self.gradient(theta, perm[u * b : (u + 1) * b])
+                if not self.layout.none_nonfinite(nonfinite):
                     rejected += 1
                     if rejected >= self.config.max_rejected:
                         break

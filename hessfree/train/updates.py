@@ -1,16 +1,15 @@
-"""The first-order update rules as fused kernels: three passes over θ-sized memory per update.
+"""The first-order update rules as fused kernels: two passes over θ-sized memory per update.
 
 With numpy an update reads and writes the θ-sized vectors several times: the mean
 gradient g = Σ∇ℓ/b into a new array, g + wd·θ into another, the finiteness test into a
 boolean array, then for momentum SGD v ← μ·v, η·g into a temporary, v − η·g and θ + v,
 each a pass of its own (Adam more). Every data-parallel rank repeats all of it on the
 whole vector, so at 16 thread ranks on 2 cores these passes weigh as much as the
-gradients' GEMMs. Here an update takes three passes:
+gradients' GEMMs. Here an update takes two passes:
 
 * :func:`mean_gradient_into` forms g (with the coupled weight-decay term) in a vector
-  the trainer keeps;
-* :func:`nonfinite_count` counts the elements of g that are NaN or ±inf: the skip test,
-  before anything else is written;
+  the trainer keeps and counts its elements that are NaN or ±inf: the skip test,
+  decided before θ or a moment is written;
 * :func:`step` applies SGD, momentum SGD, Adam or AdamW.
 
 Bitwise numpy's results: the kernels evaluate exactly the expressions of the numpy
@@ -33,26 +32,26 @@ from hessfree.models.kernels import JIT
 
 # Each loop below is branch-free, so LLVM vectorises it. One loop that tested the rule
 # and the decay per element stayed scalar: 0.34 ms per momentum update of 318,010
-# float32 values, more than numpy's 0.29 ms; these three passes take 0.11 ms (serial
-# profiles). Σ∇ℓ/b stays a division, as in numpy: multiplying by 1/b rounds differently.
+# float32 values, more than numpy's 0.29 ms; the two passes here take about 0.1 ms
+# (serial profiles). Σ∇ℓ/b stays a division, as in numpy: multiplying by 1/b rounds
+# differently.
 
 
 @numba.njit(**JIT)
 def _mean_gradient_into(grad_sum, count, theta, wd, coupled, g):
-    """g ← Σ∇ℓ/b (+ wd·θ): the gradient in a scratch vector, one vectorised pass."""
+    """g ← Σ∇ℓ/b (+ wd·θ) in one vectorised pass; returns how many elements of g are NaN
+    or ±inf. (g may be Σ∇ℓ itself, with the same bits, but LLVM then cannot vectorise.)"""
+    bad = 0
     if coupled:
         for i in range(g.size):
-            g[i] = grad_sum[i] / count + wd * theta[i]
+            x = grad_sum[i] / count + wd * theta[i]
+            g[i] = x
+            bad += not math.isfinite(x)
     else:
         for i in range(g.size):
-            g[i] = grad_sum[i] / count
-
-
-@numba.njit(**JIT)
-def _nonfinite_count(g):
-    bad = 0
-    for i in range(g.size):
-        bad += not math.isfinite(g[i])
+            x = grad_sum[i] / count
+            g[i] = x
+            bad += not math.isfinite(x)
     return bad
 
 
@@ -104,21 +103,15 @@ def mean_gradient(grad_sum: np.ndarray, count: int, theta: np.ndarray, coupled_d
     return g
 
 
-def mean_gradient_into(grad_sum: np.ndarray, count: int, theta: np.ndarray, coupled_decay: float, out: np.ndarray) -> np.ndarray:
-    """:func:`mean_gradient` written into ``out`` (bitwise the same), which is returned."""
+def mean_gradient_into(grad_sum: np.ndarray, count: int, theta: np.ndarray, coupled_decay: float, out: np.ndarray) -> int:
+    """:func:`mean_gradient` written into ``out`` (bitwise the same); returns how many of
+    its elements are NaN or ±inf (the skip test). ``out`` may be ``grad_sum``, about 6×
+    slower (the loop is then not vectorised)."""
     if not _fusable(out, grad_sum, theta):
         out[:] = mean_gradient(grad_sum, count, theta, coupled_decay)
-        return out
+        return int(np.count_nonzero(~np.isfinite(out)))
     dt = out.dtype.type
-    _mean_gradient_into(grad_sum, dt(count), theta, dt(coupled_decay), bool(coupled_decay), out)
-    return out
-
-
-def nonfinite_count(g: np.ndarray) -> int:
-    """How many elements of g are NaN or ±inf."""
-    if not _fusable(g):
-        return int(np.count_nonzero(~np.isfinite(g)))
-    return int(_nonfinite_count(g))
+    return int(_mean_gradient_into(grad_sum, dt(count), theta, dt(coupled_decay), bool(coupled_decay), out))
 
 
 def step(rule: Update, theta, velocity, second_moment, g, *, lr: float, momentum: float = 0.0, decoupled_decay: float = 0.0,
@@ -177,6 +170,6 @@ def warm_up() -> None:
     for dtype in (np.float32, np.float64):
         x = np.ones(2, dtype=dtype)
         for decay in (0.0, 0.5):
-            nonfinite_count(mean_gradient_into(x, 2, x, decay, np.empty_like(x)))
+            mean_gradient_into(x, 2, x, decay, np.empty_like(x))
         for rule, mu in ((Update.SGD, 0.0), (Update.MOMENTUM, 0.9), (Update.ADAM, 0.0)):
             step(rule, x.copy(), x.copy(), x.copy(), x, lr=0.1, momentum=mu)
