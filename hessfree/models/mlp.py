@@ -156,18 +156,30 @@ def _flag(value) -> bool:
         raise ModelConfigError(str(exc)) from None
 
 
+def _read_only(a: np.ndarray | None) -> np.ndarray | None:
+    """A read-only view of ``a`` (None stays None). A batch's labels and targets are always
+    read-only: numba compiles a kernel once per signature, and read-only is part of an
+    array's type, so labels of both kinds (a dataset's are read-only) would compile the
+    loss kernels twice, once inside the first timed iteration."""
+    if a is None:
+        return None
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 @attrs.frozen(eq=False)
 class Batch:
     """Samples validated once against a model: use it to skip re-validation in hot loops.
 
     ``X`` is C-contiguous in the model's dtype; ``labels`` (int64, in [0, d_L)) or
     ``targets`` (dense, shape (n, d_L), the model's dtype) give the loss its targets, as
-    read-only views (validated values stay valid; see ``_read_only``).
+    read-only views, whatever is given (validated values stay valid; see ``_read_only``).
     """
 
     X: np.ndarray
-    labels: np.ndarray | None
-    targets: np.ndarray | None
+    labels: np.ndarray | None = attrs.field(converter=_read_only)
+    targets: np.ndarray | None = attrs.field(converter=_read_only)
 
     @property
     def n(self) -> int:
@@ -185,19 +197,9 @@ class Batch:
         """The sub-batch of these rows, in this order (copies; validated already)."""
         return Batch(
             self.X[positions],
-            None if self.labels is None else _read_only(self.labels[positions]),
-            None if self.targets is None else _read_only(self.targets[positions]),
+            None if self.labels is None else self.labels[positions],
+            None if self.targets is None else self.targets[positions],
         )
-
-
-def _read_only(a: np.ndarray) -> np.ndarray:
-    """A read-only view of ``a``. A batch's labels and targets are always read-only: numba
-    compiles a kernel once per signature, and read-only is part of an array's type, so
-    labels of both kinds (a dataset's are read-only) would compile the loss kernels twice,
-    once inside the first timed iteration."""
-    view = a.view()
-    view.flags.writeable = False
-    return view
 
 
 @attrs.frozen
@@ -392,7 +394,7 @@ class MLP(Model):
                     f"y: expected integer labels of shape ({X.shape[0]},) or targets of shape "
                     f"({X.shape[0]}, {self.n_outputs}), found {y.shape} {y.dtype}"
                 )
-        return Batch(X, None if labels is None else _read_only(labels), None if targets is None else _read_only(targets))
+        return Batch(X, labels, targets)
 
     def _check_labels(self, y: np.ndarray, n: int) -> np.ndarray:
         if y.shape != (n,):
